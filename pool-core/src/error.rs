@@ -1,0 +1,226 @@
+//! The one public error type.
+
+use std::fmt;
+use std::time::Duration;
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerExit {
+    /// The process exited with this code.
+    Code(i32),
+    /// The process was killed by this signal number (9 is `SIGKILL`).
+    Signal(i32),
+    /// The exit status could not be read.
+    Unknown,
+}
+
+impl fmt::Display for WorkerExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkerExit::Code(code) => write!(f, "exited with code {code}"),
+            WorkerExit::Signal(sig) => write!(f, "killed by signal {sig}"),
+            WorkerExit::Unknown => f.write_str("exited with an unknown status"),
+        }
+    }
+}
+
+impl From<std::process::ExitStatus> for WorkerExit {
+    fn from(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => WorkerExit::Code(code),
+            (None, Some(sig)) => WorkerExit::Signal(sig),
+            (None, None) => WorkerExit::Unknown,
+        }
+    }
+}
+
+/// Everything that can go wrong in procpool.
+///
+/// Errors that concern one item of a `map` carry the task's registered name and the
+/// item's index in the input, so a failure can be traced back to its input.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The function was not marked `#[pool_task]`, or is a closure.
+    #[error(
+        "function `{name}` is not registered as a pool task: mark it #[pool_task] \
+         (closures and methods cannot be sent to a worker process)"
+    )]
+    NotRegistered {
+        /// The Rust type name of the function or closure that was passed.
+        name: String,
+    },
+
+    /// A task panicked. The worker survived and keeps serving.
+    #[error("task `{task}` panicked on item {index} in worker {pid}: {message}{}", fmt_location(.location))]
+    TaskPanicked {
+        /// Registered name of the task.
+        task: String,
+        /// The panic message.
+        message: String,
+        /// Where the panic happened (`file:line:column`), when known.
+        location: Option<String>,
+        /// Index of the failing item in the input (0 for `apply`).
+        index: usize,
+        /// Process id of the worker that ran it.
+        pid: u32,
+    },
+
+    /// A worker process exited or was killed while it was running a task.
+    #[error("worker {pid} {exit} while running task `{task}` on item {index}")]
+    WorkerDied {
+        /// Registered name of the task it was running.
+        task: String,
+        /// Process id of the dead worker.
+        pid: u32,
+        /// Its exit code or the signal that killed it.
+        exit: WorkerExit,
+        /// Index of the first item of the chunk the worker was running.
+        index: usize,
+    },
+
+    /// A task ran past its time limit, or a wait for a result timed out.
+    #[error("timed out after {after:?}{}", fmt_task(.task, .index))]
+    Timeout {
+        /// Registered name of the task, when one is concerned.
+        task: Option<String>,
+        /// Index of the item, when one is concerned.
+        index: Option<usize>,
+        /// The limit that was reached.
+        after: Duration,
+    },
+
+    /// A value of an item could not be serialized or deserialized.
+    #[error("item {index} of task `{task}` could not be {what}: {message}")]
+    Serialization {
+        /// Registered name of the task.
+        task: String,
+        /// Index of the item.
+        index: usize,
+        /// What failed: "serialized as an argument", "deserialized in the worker", ...
+        what: &'static str,
+        /// The serializer's message.
+        message: String,
+    },
+
+    /// A bad builder or call argument.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// Work was submitted after `close` or `terminate`, or the pool went away.
+    #[error("the pool is closed: no new work is accepted")]
+    PoolClosed,
+
+    /// `Pool::new` was called in a process where `procpool::init()` did not run first.
+    #[error("{0}")]
+    NotInitialized(String),
+
+    /// A worker could not be started or did not complete the handshake.
+    #[error("worker failed to start: {0}")]
+    Startup(String),
+
+    /// A malformed, oversized or mismatched frame from the other side.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+
+    /// An operating-system error.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn fmt_location(location: &Option<String>) -> String {
+    location.as_ref().map(|l| format!(" (at {l})")).unwrap_or_default()
+}
+
+fn fmt_task(task: &Option<String>, index: &Option<usize>) -> String {
+    match (task, index) {
+        (Some(t), Some(i)) => format!(" running task `{t}` on item {i}"),
+        (Some(t), None) => format!(" running task `{t}`"),
+        _ => String::new(),
+    }
+}
+
+impl Error {
+    pub(crate) fn protocol(msg: impl Into<String>) -> Self {
+        Error::Protocol(msg.into())
+    }
+
+    /// A copy of this error, for handing one failure to several waiters.
+    ///
+    /// `std::io::Error` is not `Clone`; its kind and message are kept.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Error::NotRegistered { name } => Error::NotRegistered { name: name.clone() },
+            Error::TaskPanicked { task, message, location, index, pid } => Error::TaskPanicked {
+                task: task.clone(),
+                message: message.clone(),
+                location: location.clone(),
+                index: *index,
+                pid: *pid,
+            },
+            Error::WorkerDied { task, pid, exit, index } => Error::WorkerDied {
+                task: task.clone(),
+                pid: *pid,
+                exit: *exit,
+                index: *index,
+            },
+            Error::Timeout { task, index, after } => Error::Timeout {
+                task: task.clone(),
+                index: *index,
+                after: *after,
+            },
+            Error::Serialization { task, index, what, message } => Error::Serialization {
+                task: task.clone(),
+                index: *index,
+                what,
+                message: message.clone(),
+            },
+            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+            Error::PoolClosed => Error::PoolClosed,
+            Error::NotInitialized(m) => Error::NotInitialized(m.clone()),
+            Error::Startup(m) => Error::Startup(m.clone()),
+            Error::Protocol(m) => Error::Protocol(m.clone()),
+            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_task_item_and_pid() {
+        let e = Error::TaskPanicked {
+            task: "demo::square".into(),
+            message: "boom".into(),
+            location: Some("src/lib.rs:3:5".into()),
+            index: 7,
+            pid: 42,
+        };
+        assert_eq!(
+            e.to_string(),
+            "task `demo::square` panicked on item 7 in worker 42: boom (at src/lib.rs:3:5)"
+        );
+        let d = Error::WorkerDied {
+            task: "demo::square".into(),
+            pid: 42,
+            exit: WorkerExit::Signal(9),
+            index: 3,
+        };
+        assert_eq!(
+            d.to_string(),
+            "worker 42 killed by signal 9 while running task `demo::square` on item 3"
+        );
+    }
+
+    #[test]
+    fn duplicate_keeps_variant_and_text() {
+        let e = Error::Io(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "gone"));
+        let d = e.duplicate();
+        assert!(matches!(&d, Error::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe));
+        assert_eq!(e.to_string(), d.to_string());
+    }
+}

@@ -1,0 +1,292 @@
+//! The wire protocol between the pool and its workers.
+//!
+//! A transport moves opaque frames. Every frame starts with a postcard-encoded header
+//! ([`ToWorker`] or [`FromWorker`]); batch frames carry their items after the header:
+//! each item is a LEB128 length followed by that many bytes, so a bad item fails alone
+//! and the rest of the batch still decodes.
+//!
+//! ```text
+//! parent -> worker   Batch { id, task, first_index, count } | item | item | ...
+//!                    item   = len  postcard(args tuple)
+//! worker -> parent   Hello { magic, protocol, build_id, pid }       (first frame)
+//!                    Done { id, count } | item | item | ...
+//!                    item   = len  status  postcard(output | ItemFailure)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Version of this protocol; parent and worker must agree.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// First bytes of every handshake.
+pub const MAGIC: [u8; 4] = *b"PPL\x01";
+
+/// Default cap on one frame: 1 GiB. Larger frames are refused before anything is
+/// allocated for them.
+pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
+
+/// A message from the pool to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToWorker<'a> {
+    /// Run `task` on `count` items (they follow the header).
+    Batch {
+        /// Identifies the reply.
+        id: u64,
+        /// Registered name of the task.
+        task: &'a str,
+        /// Index in the caller's input of the first item.
+        first_index: u64,
+        /// Number of items.
+        count: u32,
+    },
+    /// Exit cleanly.
+    Shutdown,
+}
+
+/// A message from a worker to the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromWorker<'a> {
+    /// The handshake, sent once when the worker starts.
+    Hello(Hello),
+    /// The results of batch `id` follow the header, one item each.
+    Done {
+        /// The batch this answers.
+        id: u64,
+        /// Number of result items.
+        count: u32,
+    },
+    /// The worker could not run batch `id` at all.
+    Refused {
+        /// The batch this answers.
+        id: u64,
+        /// Why.
+        reason: &'a str,
+    },
+}
+
+/// The worker's handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always [`MAGIC`].
+    pub magic: [u8; 4],
+    /// The worker's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// Fingerprint of the worker's task registry.
+    pub build_id: u64,
+    /// The worker's process id.
+    pub pid: u32,
+}
+
+/// Why one item failed inside the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ItemFailure {
+    /// The task panicked.
+    Panicked {
+        /// The panic message.
+        message: String,
+        /// `file:line:column`, when known.
+        location: Option<String>,
+    },
+    /// The arguments could not be deserialized in the worker.
+    ArgDecode(String),
+    /// The result could not be serialized in the worker.
+    OutputEncode(String),
+}
+
+/// Status byte of a result item.
+pub(crate) const STATUS_OK: u8 = 0;
+/// Status byte of a failed result item.
+pub(crate) const STATUS_FAILED: u8 = 1;
+
+/// Encodes a header into `buf` (cleared first).
+pub(crate) fn encode_header<T: Serialize>(header: &T, buf: &mut Vec<u8>) -> Result<(), Error> {
+    buf.clear();
+    postcard::to_io(header, &mut *buf)
+        .map(|_| ())
+        .map_err(|e| Error::protocol(format!("cannot encode a frame header: {e}")))
+}
+
+/// Splits a frame into its header and the bytes after it.
+pub fn decode_header<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<(T, &'a [u8]), Error> {
+    if frame.is_empty() {
+        return Err(Error::protocol("empty frame"));
+    }
+    postcard::take_from_bytes(frame).map_err(|e| Error::protocol(format!("malformed frame header: {e}")))
+}
+
+/// Appends one length-prefixed item to `buf`; `write` appends the item's bytes.
+///
+/// A one-byte length is reserved and widened afterwards only for items of 128 bytes
+/// or more, so small items are written once, with no scratch buffer.
+pub(crate) fn push_item<E>(buf: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+    let mark = buf.len();
+    buf.push(0);
+    if let Err(e) = write(buf) {
+        buf.truncate(mark);
+        return Err(e);
+    }
+    let len = buf.len() - mark - 1;
+    if len < 0x80 {
+        buf[mark] = len as u8;
+    } else {
+        let mut prefix = [0u8; 10];
+        let n = encode_varint(len as u64, &mut prefix);
+        buf.splice(mark..mark + 1, prefix[..n].iter().copied());
+    }
+    Ok(())
+}
+
+fn encode_varint(mut v: u64, out: &mut [u8; 10]) -> usize {
+    let mut i = 0;
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out[i] = byte;
+            return i + 1;
+        }
+        out[i] = byte | 0x80;
+        i += 1;
+    }
+}
+
+/// Reads length-prefixed items out of a batch payload.
+#[derive(Debug)]
+pub struct Items<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Items<'a> {
+    /// Items over `payload`.
+    pub fn new(payload: &'a [u8]) -> Self {
+        Items { rest: payload }
+    }
+
+    /// The next item, `None` at the end, or an error for a bad length.
+    pub fn next_item(&mut self) -> Result<Option<&'a [u8]>, Error> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let mut len: u64 = 0;
+        let mut shift = 0u32;
+        let mut used = 0usize;
+        loop {
+            let Some(&byte) = self.rest.get(used) else {
+                return Err(Error::protocol("truncated item length"));
+            };
+            used += 1;
+            if shift >= 63 && byte > 1 {
+                return Err(Error::protocol("item length overflows 64 bits"));
+            }
+            len |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        let body = &self.rest[used..];
+        let len = usize::try_from(len).map_err(|_| Error::protocol("item length too large"))?;
+        if len > body.len() {
+            return Err(Error::protocol(format!(
+                "item of {len} bytes but only {} bytes left in the frame",
+                body.len()
+            )));
+        }
+        let (item, rest) = body.split_at(len);
+        self.rest = rest;
+        Ok(Some(item))
+    }
+
+    /// True when every item has been read.
+    pub fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn header_round_trip() {
+        let mut buf = Vec::new();
+        let msg = ToWorker::Batch { id: 7, task: "a::b", first_index: 10, count: 3 };
+        encode_header(&msg, &mut buf).unwrap();
+        buf.extend_from_slice(b"rest");
+        let (back, rest) = decode_header::<ToWorker<'_>>(&buf).unwrap();
+        assert_eq!(back, msg);
+        assert_eq!(rest, b"rest");
+    }
+
+    #[test]
+    fn bad_headers_are_protocol_errors() {
+        assert!(matches!(decode_header::<FromWorker<'_>>(&[]), Err(Error::Protocol(_))));
+        assert!(matches!(decode_header::<FromWorker<'_>>(&[9, 9, 9]), Err(Error::Protocol(_))));
+        // A Refused whose string length runs past the end.
+        assert!(matches!(decode_header::<FromWorker<'_>>(&[2, 1, 200]), Err(Error::Protocol(_))));
+    }
+
+    #[test]
+    fn items_round_trip_small_and_large() {
+        let mut buf = Vec::new();
+        let big = vec![7u8; 300];
+        push_item::<()>(&mut buf, |b| {
+            b.extend_from_slice(b"hi");
+            Ok(())
+        })
+        .unwrap();
+        push_item::<()>(&mut buf, |b| {
+            b.extend_from_slice(&big);
+            Ok(())
+        })
+        .unwrap();
+        push_item::<()>(&mut buf, |_| Ok(())).unwrap();
+        assert_eq!(push_item(&mut buf, |b| { b.push(1); Err("no") }), Err("no"));
+        let mut items = Items::new(&buf);
+        assert_eq!(items.next_item().unwrap(), Some(&b"hi"[..]));
+        assert_eq!(items.next_item().unwrap(), Some(&big[..]));
+        assert_eq!(items.next_item().unwrap(), Some(&b""[..]));
+        assert_eq!(items.next_item().unwrap(), None);
+    }
+
+    #[test]
+    fn items_reject_lies() {
+        assert!(Items::new(&[5, 1, 2]).next_item().is_err());
+        assert!(Items::new(&[0x80]).next_item().is_err());
+        assert!(Items::new(&[0xff; 11]).next_item().is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn items_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut items = Items::new(&bytes);
+            let mut consumed = 0;
+            while let Ok(Some(item)) = items.next_item() {
+                consumed += item.len();
+                prop_assert!(consumed <= bytes.len());
+            }
+            let _ = decode_header::<ToWorker<'_>>(&bytes);
+            let _ = decode_header::<FromWorker<'_>>(&bytes);
+        }
+
+        #[test]
+        fn items_round_trip(parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8)) {
+            let mut buf = Vec::new();
+            for p in &parts {
+                push_item::<()>(&mut buf, |b| {
+                    b.extend_from_slice(p);
+                    Ok(())
+                })
+                .unwrap();
+            }
+            let mut items = Items::new(&buf);
+            for p in &parts {
+                prop_assert_eq!(items.next_item().unwrap(), Some(&p[..]));
+            }
+            prop_assert!(items.is_empty());
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The task registry: every `#[pool_task]` function, collected at link time.
+//!
+//! `#[pool_task]` emits one [`TaskEntry`] into the [`TASKS`] distributed slice
+//! (linkme). The slice is assembled by the linker, so it is complete before any code
+//! runs: a worker entered from a constructor (see `test_support!`) sees every task,
+//! unlike registries filled by constructors of their own.
+//!
+//! The parent finds a task by the `TypeId` of the function item it was handed; the
+//! worker finds it by the registered name that travels on the wire.
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use crate::protocol::ItemFailure;
+
+/// Runs one encoded item of a task (see [`run_task`](crate::task::run_task)).
+#[doc(hidden)]
+pub type RunFn = fn(&[u8], &mut Vec<u8>) -> Result<(), ItemFailure>;
+
+/// One registered task, as emitted by `#[pool_task]`.
+#[doc(hidden)]
+pub struct TaskEntry {
+    name: &'static str,
+    type_id: fn() -> TypeId,
+    run: RunFn,
+}
+
+impl TaskEntry {
+    /// A registry entry: the stable name, the `TypeId` of the function item, and
+    /// the monomorphized runner.
+    pub const fn new(name: &'static str, type_id: fn() -> TypeId, run: RunFn) -> Self {
+        TaskEntry { name, type_id, run }
+    }
+
+    /// The registered name, `module::path::function`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub(crate) fn run(&self, input: &[u8], out: &mut Vec<u8>) -> Result<(), ItemFailure> {
+        (self.run)(input, out)
+    }
+}
+
+impl std::fmt::Debug for TaskEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskEntry").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// Every `#[pool_task]` of the program.
+#[doc(hidden)]
+#[linkme::distributed_slice]
+pub static TASKS: [TaskEntry];
+
+/// The `TypeId` of a value's type; `#[pool_task]` uses it on the function item.
+#[doc(hidden)]
+pub fn type_id_of_val<T: 'static>(_: &T) -> TypeId {
+    TypeId::of::<T>()
+}
+
+struct Index {
+    by_type: HashMap<TypeId, &'static TaskEntry>,
+    /// `None` marks a name registered twice (two versions of one crate).
+    by_name: HashMap<&'static str, Option<&'static TaskEntry>>,
+    build_id: u64,
+}
+
+fn index() -> &'static Index {
+    static INDEX: OnceLock<Index> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut by_type = HashMap::with_capacity(TASKS.len());
+        let mut by_name = HashMap::with_capacity(TASKS.len());
+        for entry in TASKS.iter() {
+            by_type.insert((entry.type_id)(), entry);
+            by_name
+                .entry(entry.name)
+                .and_modify(|slot| *slot = None)
+                .or_insert(Some(entry));
+        }
+        let mut names: Vec<&str> = TASKS.iter().map(|e| e.name).collect();
+        names.sort_unstable();
+        let mut id = Fnv::new();
+        id.write(env!("CARGO_PKG_VERSION").as_bytes());
+        for name in names {
+            id.write(name.as_bytes());
+            id.write(&[0]);
+        }
+        Index { by_type, by_name, build_id: id.0 }
+    })
+}
+
+/// The entry of the function item type `F`, if it was registered.
+pub(crate) fn by_type<F: 'static>() -> Option<&'static TaskEntry> {
+    index().by_type.get(&TypeId::of::<F>()).copied()
+}
+
+/// The entry registered under `name`; `None` if unknown or ambiguous.
+pub(crate) fn by_name(name: &str) -> Option<&'static TaskEntry> {
+    index().by_name.get(name).copied().flatten()
+}
+
+/// A fingerprint of this program's registry, exchanged in the handshake: parent and
+/// worker must be the same build.
+pub(crate) fn build_id() -> u64 {
+    index().build_id
+}
+
+/// The registered name of `task`, or `None` if it is not a `#[pool_task]`.
+pub fn task_name<F: 'static>(task: &F) -> Option<&'static str> {
+    let _ = task;
+    by_type::<F>().map(TaskEntry::name)
+}
+
+/// The names of every task registered in this program, sorted.
+pub fn task_names() -> Vec<&'static str> {
+    let mut names: Vec<_> = TASKS.iter().map(TaskEntry::name).collect();
+    names.sort_unstable();
+    names
+}
+
+/// 64-bit FNV-1a: stable across processes and builds, unlike `DefaultHasher`'s contract.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn double(n: u32) -> u32 {
+        n * 2
+    }
+
+    #[allow(unsafe_code)] // linkme places the entry with #[link_section]
+    #[linkme::distributed_slice(TASKS)]
+    static DOUBLE: TaskEntry = TaskEntry::new(
+        concat!(module_path!(), "::double"),
+        || type_id_of_val(&double),
+        |input, out| crate::task::run_task::<(u32,), _>(double, input, out),
+    );
+
+    #[test]
+    fn finds_by_type_and_name() {
+        let name = task_name(&double).expect("registered");
+        assert_eq!(name, "procpool_core::registry::tests::double");
+        assert!(task_names().contains(&name));
+        let entry = by_name(name).expect("by name");
+        let mut out = Vec::new();
+        entry.run(&postcard::to_stdvec(&(21u32,)).unwrap(), &mut out).unwrap();
+        assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 42);
+        let closure = |n: u32| n;
+        assert_eq!(task_name(&closure), None);
+        assert!(by_name("nope::nothing").is_none());
+    }
+
+    #[test]
+    fn build_id_is_stable() {
+        assert_eq!(build_id(), build_id());
+        assert_ne!(build_id(), Fnv::new().0);
+    }
+}

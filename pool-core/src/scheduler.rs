@@ -1,0 +1,448 @@
+//! The pool's engine: a shared queue of batches and one driver thread per worker.
+//!
+//! A driver owns one worker process at a time. It takes a batch from the queue,
+//! writes it to the worker, waits for the results and hands them to the batch's
+//! reply channel; then the next. A worker that dies or breaks the protocol is reaped
+//! and replaced by the same driver, and the batch it held gets an error. Because
+//! every queued batch holds a reply sender, a caller waiting on results is woken
+//! with an error when the pool goes away: nothing waits forever.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, WorkerExit};
+use crate::protocol::{self, FromWorker, MAGIC, PROTOCOL_VERSION, ToWorker};
+use crate::registry;
+use crate::runtime::{MARKER_ENV, Marker};
+use crate::sys;
+use crate::transport::{Link, LinkConfig, Received, Transport};
+
+/// Locks, ignoring poisoning: every critical section leaves the state consistent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a pool is configured with.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) transport: &'static dyn Transport,
+    pub(crate) link: LinkConfig,
+    pub(crate) startup_timeout: Duration,
+}
+
+/// A cancellation flag shared by the batches of one call.
+#[derive(Debug, Default)]
+pub(crate) struct Job {
+    cancelled: AtomicBool,
+}
+
+impl Job {
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+/// A chunk of items of one call, waiting for a worker.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) task: &'static str,
+    pub(crate) first_index: usize,
+    pub(crate) count: u32,
+    /// The encoded items of the whole call; this batch is `range` of it.
+    pub(crate) payload: Arc<Vec<u8>>,
+    pub(crate) range: Range<usize>,
+    pub(crate) job: Arc<Job>,
+    pub(crate) reply: Sender<Reply>,
+}
+
+/// A worker's answer to a batch: the reply frame and where its items start.
+#[derive(Debug)]
+pub(crate) struct ResultFrame {
+    pub(crate) frame: Vec<u8>,
+    pub(crate) offset: usize,
+}
+
+impl ResultFrame {
+    pub(crate) fn items(&self) -> &[u8] {
+        &self.frame[self.offset..]
+    }
+}
+
+/// What the caller of a batch receives.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) first_index: usize,
+    pub(crate) count: u32,
+    pub(crate) pid: u32,
+    pub(crate) outcome: Result<ResultFrame, Error>,
+}
+
+#[derive(Debug)]
+struct State {
+    queue: VecDeque<Batch>,
+    closed: bool,
+    /// Drivers that still have a worker (or are starting one).
+    live: usize,
+    /// Why the last driver gave up, for calls made after that.
+    fatal: Option<Error>,
+}
+
+/// State shared by the pool handle and its drivers.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    state: Mutex<State>,
+    work: Condvar,
+    terminating: AtomicBool,
+    /// The worker process of each driver, so `terminate` can kill it.
+    children: Vec<Mutex<Option<Child>>>,
+    next_batch: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config) -> Self {
+        let processes = config.processes;
+        Shared {
+            config,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+                live: processes,
+                fatal: None,
+            }),
+            work: Condvar::new(),
+            terminating: AtomicBool::new(false),
+            children: (0..processes).map(|_| Mutex::new(None)).collect(),
+            next_batch: AtomicU64::new(1),
+        }
+    }
+
+    /// Queues batches, or says why the pool takes no work.
+    pub(crate) fn submit(&self, batches: impl IntoIterator<Item = Batch>) -> Result<(), Error> {
+        let mut state = lock(&self.state);
+        if state.closed || self.is_terminating() {
+            return Err(Error::PoolClosed);
+        }
+        if state.live == 0 {
+            return Err(state.fatal.as_ref().map_or(Error::PoolClosed, Error::duplicate));
+        }
+        state.queue.extend(batches);
+        drop(state);
+        self.work.notify_all();
+        Ok(())
+    }
+
+    /// The next batch to run; `None` when the driver should stop.
+    fn next(&self) -> Option<Batch> {
+        let mut state = lock(&self.state);
+        loop {
+            if self.is_terminating() {
+                return None;
+            }
+            while let Some(batch) = state.queue.pop_front() {
+                if !batch.job.is_cancelled() {
+                    return Some(batch);
+                }
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.work.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    pub(crate) fn is_terminating(&self) -> bool {
+        self.terminating.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+
+    /// No new work; drivers finish the queue, then stop their workers.
+    pub(crate) fn close(&self) {
+        lock(&self.state).closed = true;
+        self.work.notify_all();
+    }
+
+    /// No new work, queued work dropped (its callers get an error), workers killed.
+    pub(crate) fn terminate(&self) {
+        self.terminating.store(true, Ordering::SeqCst);
+        let dropped = {
+            let mut state = lock(&self.state);
+            state.closed = true;
+            std::mem::take(&mut state.queue)
+        };
+        drop(dropped);
+        self.work.notify_all();
+        for child in &self.children {
+            if let Some(child) = lock(child).as_mut() {
+                let _ = child.kill();
+            }
+        }
+    }
+
+    /// The process ids of the current workers.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.children
+            .iter()
+            .filter_map(|c| lock(c).as_ref().map(Child::id))
+            .collect()
+    }
+
+    /// A driver could not get a worker: if it was the last one, fail what is queued.
+    fn driver_lost(&self, why: Error) {
+        let dropped = {
+            let mut state = lock(&self.state);
+            state.live = state.live.saturating_sub(1);
+            let last = state.live == 0;
+            state.fatal = Some(why);
+            if last { std::mem::take(&mut state.queue) } else { VecDeque::new() }
+        };
+        let why = lock(&self.state).fatal.as_ref().map_or(Error::PoolClosed, Error::duplicate);
+        for batch in dropped {
+            let _ = batch.reply.send(Reply {
+                first_index: batch.first_index,
+                count: batch.count,
+                pid: 0,
+                outcome: Err(why.duplicate()),
+            });
+        }
+    }
+}
+
+/// How a link to a worker failed.
+#[derive(Debug)]
+enum LinkFailure {
+    /// The worker went away (end of stream, broken pipe).
+    Closed,
+    /// The worker sent something it should not have; it is killed.
+    Broken(Error),
+}
+
+impl From<Error> for LinkFailure {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io(_) => LinkFailure::Closed,
+            other => LinkFailure::Broken(other),
+        }
+    }
+}
+
+/// One live worker process and the link to it.
+struct Connection {
+    link: Link,
+    pid: u32,
+    slot: usize,
+}
+
+impl Connection {
+    /// Starts a worker for driver `slot` and completes the handshake.
+    fn start(shared: &Shared, slot: usize) -> Result<Connection, Error> {
+        let config = &shared.config;
+        let mut command = Command::new("/proc/self/exe");
+        let mut args = std::env::args_os();
+        if let Some(arg0) = args.next() {
+            std::os::unix::process::CommandExt::arg0(&mut command, arg0);
+        }
+        command.args(args);
+        let marker = Marker {
+            transport: config.transport.name().to_owned(),
+            parent: std::process::id(),
+            max_frame: config.link.max_frame,
+        };
+        command.env(MARKER_ENV, marker.encode()).stdin(Stdio::null());
+        sys::die_with_parent(&mut command, rustix::process::getpid());
+
+        let (child, link) = config.transport.spawn(command, config.link)?;
+        let pid = child.id();
+        *lock(&shared.children[slot]) = Some(child);
+        let mut conn = Connection { link, pid, slot };
+        if shared.is_terminating() {
+            conn.reap(shared);
+            return Err(Error::PoolClosed);
+        }
+        match conn.handshake(config.startup_timeout) {
+            Ok(()) => Ok(conn),
+            Err(e) => {
+                let exit = conn.reap(shared);
+                Err(match e {
+                    LinkFailure::Closed => Error::Startup(format!(
+                        "worker {pid} {exit} before the handshake: make procpool::init() the first \
+                         line of main (or use #[procpool::main] / procpool::test_support!())"
+                    )),
+                    LinkFailure::Broken(e) => e,
+                })
+            }
+        }
+    }
+
+    fn handshake(&mut self, timeout: Duration) -> Result<(), LinkFailure> {
+        let mut frame = Vec::new();
+        match self.link.receiver.recv(&mut frame, Some(Instant::now() + timeout))? {
+            Received::Frame => {}
+            Received::Closed => return Err(LinkFailure::Closed),
+            Received::TimedOut => {
+                return Err(LinkFailure::Broken(Error::Startup(format!(
+                    "worker {} did not answer within {timeout:?}: is procpool::init() the first \
+                     line of main?",
+                    self.pid
+                ))));
+            }
+        }
+        let hello = match protocol::decode_header::<FromWorker<'_>>(&frame)?.0 {
+            FromWorker::Hello(hello) => hello,
+            other => return Err(LinkFailure::Broken(Error::protocol(format!("expected a handshake, got {other:?}")))),
+        };
+        let problem = if hello.magic != MAGIC {
+            Some("the worker did not speak procpool's protocol".to_owned())
+        } else if hello.protocol != PROTOCOL_VERSION {
+            Some(format!(
+                "protocol version mismatch: pool {PROTOCOL_VERSION}, worker {}",
+                hello.protocol
+            ))
+        } else if hello.build_id != registry::build_id() {
+            Some("the worker is a different build of this program (was it rebuilt while running?)".to_owned())
+        } else if hello.pid != self.pid {
+            Some(format!("handshake from pid {} on the link to worker {}", hello.pid, self.pid))
+        } else {
+            None
+        };
+        match problem {
+            Some(p) => Err(LinkFailure::Broken(Error::protocol(p))),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs one batch on this worker.
+    fn run(&mut self, batch: &Batch, id: u64, header: &mut Vec<u8>) -> Result<Result<ResultFrame, Error>, LinkFailure> {
+        let msg = ToWorker::Batch {
+            id,
+            task: batch.task,
+            first_index: batch.first_index as u64,
+            count: batch.count,
+        };
+        protocol::encode_header(&msg, header)?;
+        self.link.sender.send(&[header, &batch.payload[batch.range.clone()]])?;
+        let mut frame = Vec::new();
+        match self.link.receiver.recv(&mut frame, None)? {
+            Received::Frame => {}
+            Received::Closed | Received::TimedOut => return Err(LinkFailure::Closed),
+        }
+        let (msg, rest) = protocol::decode_header::<FromWorker<'_>>(&frame)?;
+        let offset = frame.len() - rest.len();
+        match msg {
+            FromWorker::Done { id: got, count } if got == id && count == batch.count => {
+                Ok(Ok(ResultFrame { frame, offset }))
+            }
+            FromWorker::Refused { id: got, reason } if got == id => Ok(Err(Error::protocol(reason))),
+            other => Err(LinkFailure::Broken(Error::protocol(format!(
+                "unexpected reply to batch {id} of {} items: {other:?}",
+                batch.count
+            )))),
+        }
+    }
+
+    /// Stops the worker (politely unless the pool is terminating) and reaps it.
+    fn shutdown(mut self, shared: &Shared) {
+        if !shared.is_terminating() {
+            let mut header = Vec::new();
+            if protocol::encode_header(&ToWorker::Shutdown, &mut header).is_ok()
+                && self.link.sender.send(&[&header]).is_ok()
+            {
+                if let Some(mut child) = lock(&shared.children[self.slot]).take() {
+                    let _ = child.wait();
+                }
+                return;
+            }
+        }
+        self.reap(shared);
+    }
+
+    /// Makes sure the worker is gone and returns how it ended. A worker that is
+    /// already exiting gets a moment to finish, so its own exit status is reported.
+    fn reap(&mut self, shared: &Shared) -> WorkerExit {
+        let Some(mut child) = lock(&shared.children[self.slot]).take() else {
+            return WorkerExit::Unknown;
+        };
+        for _ in 0..50 {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.into(),
+                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        child.wait().map_or(WorkerExit::Unknown, WorkerExit::from)
+    }
+}
+
+/// The body of driver thread `slot`. Reports the first worker's start-up through
+/// `started`, then serves the queue until the pool closes.
+pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32, Error>>) {
+    let mut conn = match Connection::start(&shared, slot) {
+        Ok(conn) => {
+            let _ = started.send(Ok(conn.pid));
+            conn
+        }
+        Err(e) => {
+            let _ = started.send(Err(e.duplicate()));
+            shared.driver_lost(e);
+            return;
+        }
+    };
+    drop(started);
+    let mut header = Vec::with_capacity(128);
+    while let Some(batch) = shared.next() {
+        let id = shared.next_batch.fetch_add(1, Ordering::Relaxed);
+        let (outcome, replace) = match conn.run(&batch, id, &mut header) {
+            Ok(outcome) => (outcome, false),
+            Err(failure) => {
+                let exit = conn.reap(&shared);
+                let error = if shared.is_terminating() {
+                    Error::PoolClosed
+                } else {
+                    match failure {
+                        LinkFailure::Closed => Error::WorkerDied {
+                            task: batch.task.to_owned(),
+                            pid: conn.pid,
+                            exit,
+                            index: batch.first_index,
+                        },
+                        LinkFailure::Broken(e) => e,
+                    }
+                };
+                (Err(error), true)
+            }
+        };
+        let _ = batch.reply.send(Reply {
+            first_index: batch.first_index,
+            count: batch.count,
+            pid: conn.pid,
+            outcome,
+        });
+        if replace {
+            if shared.is_terminating() {
+                return;
+            }
+            conn = match Connection::start(&shared, slot) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    shared.driver_lost(e);
+                    return;
+                }
+            };
+        }
+    }
+    conn.shutdown(&shared);
+}

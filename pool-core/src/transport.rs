@@ -1,0 +1,94 @@
+//! What a transport crate supplies: starting a worker process with a duplex frame
+//! channel, and the worker's end of that channel.
+//!
+//! Worker processes are always the current program, re-executed (never a `fork` of a
+//! threaded parent). procpool-core builds the [`Command`] (program, arguments,
+//! environment marker, parent-death signal) and hands it to [`Transport::spawn`],
+//! which adds its channel and starts it. In the worker, `procpool::init()` reads the
+//! marker and calls [`Transport::connect`] of the transport named in it.
+
+use std::fmt;
+use std::process::{Child, Command};
+use std::time::Instant;
+
+use crate::error::Error;
+
+/// Sends whole frames. Implementations buffer and flush once per frame.
+pub trait FrameSender: Send {
+    /// Sends one frame made of the concatenation of `parts`.
+    ///
+    /// A frame longer than the link's cap is refused with [`Error::Protocol`]
+    /// before anything is written.
+    fn send(&mut self, parts: &[&[u8]]) -> Result<(), Error>;
+}
+
+/// What [`FrameReceiver::recv`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// A whole frame is in the buffer.
+    Frame,
+    /// The other side closed the channel cleanly, between frames.
+    Closed,
+    /// The deadline passed before a frame started to arrive.
+    TimedOut,
+}
+
+/// Receives whole frames.
+pub trait FrameReceiver: Send {
+    /// Receives the next frame into `buf` (replacing its contents).
+    ///
+    /// With a `deadline`, gives up with [`Received::TimedOut`] if no frame has begun
+    /// to arrive by then. A frame cut short, or announced longer than the cap, is an
+    /// [`Error::Protocol`]; nothing larger than the cap is ever allocated.
+    fn recv(&mut self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> Result<Received, Error>;
+}
+
+/// Both directions of a channel between the pool and one worker.
+pub struct Link {
+    /// Frames out.
+    pub sender: Box<dyn FrameSender>,
+    /// Frames in.
+    pub receiver: Box<dyn FrameReceiver>,
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link").finish_non_exhaustive()
+    }
+}
+
+/// Limits a transport enforces on its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkConfig {
+    /// Largest frame accepted or sent, in bytes.
+    pub max_frame: usize,
+}
+
+/// A way to talk to worker processes.
+pub trait Transport: Send + Sync + fmt::Debug + 'static {
+    /// Short name, written into the worker's environment marker (`"pipe"`, `"ipc"`).
+    fn name(&self) -> &'static str;
+
+    /// Adds this transport's channel to `command`, starts it and returns the child
+    /// with the pool's end of the channel.
+    fn spawn(&self, command: Command, config: LinkConfig) -> Result<(Child, Link), Error>;
+
+    /// In a worker process: the worker's end of the channel, from what
+    /// [`Transport::spawn`] put in the environment.
+    fn connect(&self, config: LinkConfig) -> Result<Link, Error>;
+}
+
+/// Something that names a transport, for `PoolBuilder::transport`.
+///
+/// Implemented by `procpool::Transport` (one variant per compiled-in transport) and
+/// by `&'static dyn Transport`.
+pub trait IntoTransport {
+    /// The transport.
+    fn into_transport(self) -> &'static dyn Transport;
+}
+
+impl IntoTransport for &'static dyn Transport {
+    fn into_transport(self) -> &'static dyn Transport {
+        self
+    }
+}

@@ -1,0 +1,101 @@
+//! The loop a worker process runs: handshake, then batches until the pool lets go.
+
+use std::io::Write;
+
+use crate::error::Error;
+use crate::protocol::{
+    self, FromWorker, Hello, Items, MAGIC, PROTOCOL_VERSION, STATUS_FAILED, STATUS_OK, ToWorker,
+};
+use crate::registry::{self, TaskEntry};
+use crate::task;
+use crate::transport::{Link, Received};
+
+/// The serving side of a worker process.
+///
+/// `procpool::init()` builds one from the transport's link and calls
+/// [`Worker::serve`]; users do not normally touch it.
+#[derive(Debug)]
+pub struct Worker {
+    link: Link,
+    pid: u32,
+}
+
+impl Worker {
+    /// A worker serving over `link`.
+    pub fn new(link: Link) -> Self {
+        Worker { link, pid: std::process::id() }
+    }
+
+    /// Sends the handshake, then runs batches until the pool sends `Shutdown` or
+    /// closes the channel. Task panics are caught and reported per item; only a
+    /// broken channel or a malformed frame ends the loop with an error.
+    pub fn serve(mut self) -> Result<(), Error> {
+        task::install_panic_hook();
+        let mut header = Vec::with_capacity(64);
+        let hello = Hello {
+            magic: MAGIC,
+            protocol: PROTOCOL_VERSION,
+            build_id: registry::build_id(),
+            pid: self.pid,
+        };
+        protocol::encode_header(&FromWorker::Hello(hello), &mut header)?;
+        self.link.sender.send(&[&header])?;
+
+        let mut frame = Vec::new();
+        let mut results = Vec::new();
+        let mut cached: Option<&'static TaskEntry> = None;
+        loop {
+            match self.link.receiver.recv(&mut frame, None)? {
+                Received::Frame => {}
+                Received::Closed => return Ok(()),
+                Received::TimedOut => continue,
+            }
+            let (msg, payload) = protocol::decode_header::<ToWorker<'_>>(&frame)?;
+            let (id, task, count) = match msg {
+                ToWorker::Shutdown => return Ok(()),
+                ToWorker::Batch { id, task, count, .. } => (id, task, count),
+            };
+            let entry = match cached.filter(|e| e.name() == task).or_else(|| registry::by_name(task)) {
+                Some(entry) => entry,
+                None => {
+                    let reason = format!("task `{task}` is not registered in worker {}", self.pid);
+                    protocol::encode_header(&FromWorker::Refused { id, reason: &reason }, &mut header)?;
+                    self.link.sender.send(&[&header])?;
+                    continue;
+                }
+            };
+            cached = Some(entry);
+            results.clear();
+            run_batch(entry, payload, count, &mut results)?;
+            // Let what tasks printed out before their results arrive.
+            let _ = std::io::stdout().flush();
+            protocol::encode_header(&FromWorker::Done { id, count }, &mut header)?;
+            self.link.sender.send(&[&header, &results])?;
+        }
+    }
+}
+
+/// Runs `count` items of `entry` from `payload`, appending one result item each.
+fn run_batch(entry: &TaskEntry, payload: &[u8], count: u32, out: &mut Vec<u8>) -> Result<(), Error> {
+    let mut items = Items::new(payload);
+    for _ in 0..count {
+        let input = items
+            .next_item()?
+            .ok_or_else(|| Error::protocol(format!("batch announced {count} items but holds fewer")))?;
+        protocol::push_item::<Error>(out, |out| {
+            out.push(STATUS_OK);
+            let status_at = out.len() - 1;
+            if let Err(failure) = entry.run(input, out) {
+                out.truncate(status_at);
+                out.push(STATUS_FAILED);
+                postcard::to_io(&failure, &mut *out)
+                    .map_err(|e| Error::protocol(format!("cannot encode a task failure: {e}")))?;
+            }
+            Ok(())
+        })?;
+    }
+    if !items.is_empty() {
+        return Err(Error::protocol(format!("batch announced {count} items but holds more")));
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! Length-prefixed frames: a little-endian `u32` length, then that many bytes.
+//!
+//! The reader checks the announced length against the cap before reading, and grows
+//! its buffer only as bytes actually arrive, so a hostile prefix (4 GiB, say) costs
+//! nothing but an error.
+
+use std::io::{self, BufRead, Read, Write};
+
+use procpool_core::{Error, Received};
+
+/// Bytes of the length prefix.
+pub const PREFIX: usize = 4;
+
+/// Most bytes reserved ahead of a frame's arrival; the rest grows as it comes.
+const RESERVE_AHEAD: usize = 4 << 20;
+
+/// Writes one frame made of `parts` and flushes.
+pub fn write_frame<W: Write>(w: &mut W, parts: &[&[u8]], max_frame: usize) -> Result<(), Error> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len > max_frame {
+        return Err(Error::Protocol(format!(
+            "refusing to send a frame of {len} bytes: the limit is {max_frame}"
+        )));
+    }
+    let prefix = u32::try_from(len)
+        .map_err(|_| Error::Protocol(format!("frame of {len} bytes does not fit a u32 length")))?;
+    w.write_all(&prefix.to_le_bytes())?;
+    for part in parts {
+        w.write_all(part)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame into `buf`. A clean end of stream before a frame is
+/// [`Received::Closed`]; an end inside one, or a length over `max_frame`, is an
+/// [`Error::Protocol`].
+pub fn read_frame<R: BufRead>(r: &mut R, buf: &mut Vec<u8>, max_frame: usize) -> Result<Received, Error> {
+    buf.clear();
+    let mut prefix = [0u8; PREFIX];
+    let mut got = 0;
+    while got < PREFIX {
+        match r.read(&mut prefix[got..]) {
+            Ok(0) if got == 0 => return Ok(Received::Closed),
+            Ok(0) => {
+                return Err(Error::Protocol(format!(
+                    "stream ended inside a frame's length prefix ({got} of {PREFIX} bytes)"
+                )));
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > max_frame {
+        return Err(Error::Protocol(format!(
+            "frame announces {len} bytes, over the limit of {max_frame}"
+        )));
+    }
+    buf.reserve(len.min(RESERVE_AHEAD));
+    let read = r.take(len as u64).read_to_end(buf)?;
+    if read < len {
+        return Err(Error::Protocol(format!(
+            "stream ended inside a frame: got {read} of {len} bytes"
+        )));
+    }
+    Ok(Received::Frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn round_trip_of_several_frames() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &[b"ab", b"cd"], 16).unwrap();
+        write_frame(&mut wire, &[], 16).unwrap();
+        let mut r = Cursor::new(wire);
+        let mut buf = Vec::new();
+        assert_eq!(read_frame(&mut r, &mut buf, 16).unwrap(), Received::Frame);
+        assert_eq!(buf, b"abcd");
+        assert_eq!(read_frame(&mut r, &mut buf, 16).unwrap(), Received::Frame);
+        assert!(buf.is_empty());
+        assert_eq!(read_frame(&mut r, &mut buf, 16).unwrap(), Received::Closed);
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_both_ways() {
+        let mut wire = Vec::new();
+        assert!(matches!(write_frame(&mut wire, &[&[0; 17]], 16), Err(Error::Protocol(_))));
+        assert!(wire.is_empty(), "nothing written for a refused frame");
+        let mut r = Cursor::new(u32::MAX.to_le_bytes().to_vec());
+        let mut buf = Vec::new();
+        let err = read_frame(&mut r, &mut buf, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("over the limit"), "{err}");
+        assert!(buf.capacity() < 1 << 20, "no allocation for a refused frame");
+    }
+
+    #[test]
+    fn truncated_frames_are_protocol_errors() {
+        let mut buf = Vec::new();
+        let mut r = Cursor::new(vec![5, 0]);
+        assert!(matches!(read_frame(&mut r, &mut buf, 64), Err(Error::Protocol(_))));
+        let mut r = Cursor::new(vec![5, 0, 0, 0, 1, 2]);
+        let err = read_frame(&mut r, &mut buf, 64).unwrap_err();
+        assert!(err.to_string().contains("got 2 of 5"), "{err}");
+    }
+
+    #[test]
+    fn lying_length_allocates_only_what_arrives() {
+        // 1 GiB announced, under the cap, but only 3 bytes follow.
+        let mut wire = (1u32 << 30).to_le_bytes().to_vec();
+        wire.extend_from_slice(&[1, 2, 3]);
+        let mut buf = Vec::new();
+        assert!(read_frame(&mut Cursor::new(wire), &mut buf, usize::MAX).is_err());
+        assert!(buf.capacity() <= RESERVE_AHEAD * 2, "capacity {}", buf.capacity());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut r = Cursor::new(bytes);
+            let mut buf = Vec::new();
+            while let Ok(Received::Frame) = read_frame(&mut r, &mut buf, 128) {
+                prop_assert!(buf.len() <= 128);
+            }
+        }
+
+        #[test]
+        fn frames_round_trip(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..6)) {
+            let mut wire = Vec::new();
+            for f in &frames {
+                write_frame(&mut wire, &[f], 256).unwrap();
+            }
+            let mut r = Cursor::new(wire);
+            let mut buf = Vec::new();
+            for f in &frames {
+                prop_assert_eq!(read_frame(&mut r, &mut buf, 256).unwrap(), Received::Frame);
+                prop_assert_eq!(&buf, f);
+            }
+            prop_assert_eq!(read_frame(&mut r, &mut buf, 256).unwrap(), Received::Closed);
+        }
+    }
+}

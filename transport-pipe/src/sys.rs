@@ -1,0 +1,73 @@
+//! The system calls the pipe transport needs that std does not wrap safely: placing
+//! the worker's pipe ends on fixed descriptors across `exec`, and adopting them in
+//! the worker.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use rustix::fs::{FileType, fstat};
+use rustix::io::{FdFlags, dup2, fcntl_setfd};
+
+/// Descriptor on which a worker reads requests.
+pub(crate) const WORKER_READ_FD: RawFd = 3;
+/// Descriptor on which a worker writes replies.
+pub(crate) const WORKER_WRITE_FD: RawFd = 4;
+
+/// Makes the child started by `command` find `read` on [`WORKER_READ_FD`] and
+/// `write` on [`WORKER_WRITE_FD`]. Both must be above 4 (so placing one cannot
+/// clobber the other) and stay open until the child is spawned.
+pub(crate) fn place_on_exec(command: &mut Command, read: &OwnedFd, write: &OwnedFd) {
+    let (read, write) = (read.as_raw_fd(), write.as_raw_fd());
+    debug_assert!(read > WORKER_WRITE_FD && write > WORKER_WRITE_FD);
+    let hook = move || -> io::Result<()> {
+        place(read, WORKER_READ_FD)?;
+        place(write, WORKER_WRITE_FD)
+    };
+    // SAFETY: the hook runs in the child between fork and exec; it only makes dup2
+    // system calls on descriptors the parent keeps open across the spawn, takes no
+    // lock and allocates nothing.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+/// `dup2(from, to)`; the copy does not have close-on-exec, so it survives `exec`.
+fn place(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: `from` is open in this (forked) process for the whole call: the parent
+    // holds it open until `spawn` returns.
+    let from = unsafe { BorrowedFd::borrow_raw(from) };
+    // SAFETY: `to` is only a dup2 target and is never closed through this handle
+    // (ManuallyDrop), so no descriptor is owned twice.
+    let mut to = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(to) });
+    dup2(from, &mut to)?;
+    Ok(())
+}
+
+/// In a worker: takes ownership of the pipe ends placed by [`place_on_exec`],
+/// after checking they are pipes, and marks them close-on-exec so that programs a
+/// task starts do not inherit them.
+pub(crate) fn adopt_worker_fds() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok((adopt(WORKER_READ_FD)?, adopt(WORKER_WRITE_FD)?))
+}
+
+fn adopt(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: a borrow for the duration of `fstat` only; if `fd` is not open, fstat
+    // fails with EBADF and nothing else happens.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let stat = fstat(borrowed)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Fifo {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is not a pipe: this process was not started by a procpool pipe transport"),
+        ));
+    }
+    // SAFETY: `fd` is an open pipe that the parent placed for this process alone;
+    // nothing else in the program owns it, and it is adopted once (at init).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
+    Ok(owned)
+}
