@@ -131,7 +131,10 @@ pub enum Error {
 }
 
 fn fmt_location(location: &Option<String>) -> String {
-    location.as_ref().map(|l| format!(" (at {l})")).unwrap_or_default()
+    location
+        .as_ref()
+        .map(|l| format!(" (at {l})"))
+        .unwrap_or_default()
 }
 
 fn fmt_task(task: &Option<String>, index: &Option<usize>) -> String {
@@ -153,14 +156,25 @@ impl Error {
     pub(crate) fn duplicate(&self) -> Self {
         match self {
             Error::NotRegistered { name } => Error::NotRegistered { name: name.clone() },
-            Error::TaskPanicked { task, message, location, index, pid } => Error::TaskPanicked {
+            Error::TaskPanicked {
+                task,
+                message,
+                location,
+                index,
+                pid,
+            } => Error::TaskPanicked {
                 task: task.clone(),
                 message: message.clone(),
                 location: location.clone(),
                 index: *index,
                 pid: *pid,
             },
-            Error::WorkerDied { task, pid, exit, index } => Error::WorkerDied {
+            Error::WorkerDied {
+                task,
+                pid,
+                exit,
+                index,
+            } => Error::WorkerDied {
                 task: task.clone(),
                 pid: *pid,
                 exit: *exit,
@@ -171,7 +185,12 @@ impl Error {
                 index: *index,
                 after: *after,
             },
-            Error::Serialization { task, index, what, message } => Error::Serialization {
+            Error::Serialization {
+                task,
+                index,
+                what,
+                message,
+            } => Error::Serialization {
                 task: task.clone(),
                 index: *index,
                 what,

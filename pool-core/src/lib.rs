@@ -1,7 +1,7 @@
 //! The core of [procpool](https://docs.rs/procpool): everything but the transports.
 //!
 //! - [`Task`]: a plain function a worker process can run, found through the
-//!   link-time [registry](registry) that `#[pool_task]` fills;
+//!   link-time [registry] that `#[pool_task]` fills;
 //! - [`Pool`] / [`PoolBuilder`]: the pool handle, its scheduler and driver threads;
 //! - [`Worker`]: the loop a worker process runs;
 //! - [`Transport`]: what a transport crate supplies (spawn a worker with a duplex
@@ -29,7 +29,9 @@ pub use pool::{Pool, PoolBuilder};
 pub use registry::{task_name, task_names};
 pub use runtime::{init, is_worker};
 pub use task::Task;
-pub use transport::{FrameReceiver, FrameSender, IntoTransport, Link, LinkConfig, Received, Transport};
+pub use transport::{
+    FrameReceiver, FrameSender, IntoTransport, Link, LinkConfig, Received, Transport,
+};
 pub use worker::Worker;
 
 /// Items used by the code that `#[pool_task]` and `test_support!` generate.

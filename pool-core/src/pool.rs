@@ -94,7 +94,11 @@ impl PoolBuilder {
     /// Starts the workers and waits until each has answered the handshake.
     pub fn build(self) -> Result<Pool, Error> {
         let processes = match self.processes {
-            Some(0) => return Err(Error::InvalidArgument("a pool needs at least one process, got 0".into())),
+            Some(0) => {
+                return Err(Error::InvalidArgument(
+                    "a pool needs at least one process, got 0".into(),
+                ));
+            }
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
@@ -107,7 +111,9 @@ impl PoolBuilder {
             )));
         }
         if self.startup_timeout.is_zero() {
-            return Err(Error::InvalidArgument("startup_timeout must be more than zero".into()));
+            return Err(Error::InvalidArgument(
+                "startup_timeout must be more than zero".into(),
+            ));
         }
         let transports = runtime::transports()?;
         let transport = match self.transport {
@@ -119,10 +125,15 @@ impl PoolBuilder {
         let shared = Arc::new(Shared::new(Config {
             processes,
             transport,
-            link: LinkConfig { max_frame: self.max_frame },
+            link: LinkConfig {
+                max_frame: self.max_frame,
+            },
             startup_timeout: self.startup_timeout,
         }));
-        let pool = Pool { shared: Arc::clone(&shared), drivers: Mutex::new(Vec::with_capacity(processes)) };
+        let pool = Pool {
+            shared: Arc::clone(&shared),
+            drivers: Mutex::new(Vec::with_capacity(processes)),
+        };
         let (started_tx, started_rx) = mpsc::channel();
         for slot in 0..processes {
             let shared = Arc::clone(&shared);
@@ -197,7 +208,12 @@ impl Pool {
 
     /// [`map`](Self::map) with an explicit chunk size (items per message to a worker).
     /// A chunk size of zero is an [`Error::InvalidArgument`].
-    pub fn map_chunked<F, A, I>(&self, task: F, items: I, chunksize: usize) -> Result<Vec<F::Output>, Error>
+    pub fn map_chunked<F, A, I>(
+        &self,
+        task: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Vec<F::Output>, Error>
     where
         F: Task<(A,)>,
         A: Serialize,
@@ -220,7 +236,12 @@ impl Pool {
     }
 
     /// [`starmap`](Self::starmap) with an explicit chunk size.
-    pub fn starmap_chunked<F, Args, I>(&self, task: F, items: I, chunksize: usize) -> Result<Vec<F::Output>, Error>
+    pub fn starmap_chunked<F, Args, I>(
+        &self,
+        task: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Vec<F::Output>, Error>
     where
         F: Task<Args>,
         Args: Serialize,
@@ -237,8 +258,10 @@ impl Pool {
         F: Task<Args>,
         Args: Serialize,
     {
-        let mut out = self.run_many::<F, Args, _, F::Output>(&task, std::iter::once(args), Some(1))?;
-        out.pop().ok_or_else(|| Error::protocol("no result for apply"))
+        let mut out =
+            self.run_many::<F, Args, _, F::Output>(&task, std::iter::once(args), Some(1))?;
+        out.pop()
+            .ok_or_else(|| Error::protocol("no result for apply"))
     }
 
     /// Stops accepting work. Queued work still runs; then workers exit.
@@ -257,7 +280,9 @@ impl Pool {
     /// [`Error::InvalidArgument`], not a hang).
     pub fn join(&self) -> Result<(), Error> {
         if !self.shared.is_closed() {
-            return Err(Error::InvalidArgument("join() needs close() or terminate() first".into()));
+            return Err(Error::InvalidArgument(
+                "join() needs close() or terminate() first".into(),
+            ));
         }
         self.join_drivers();
         Ok(())
@@ -284,7 +309,9 @@ impl Pool {
         R: DeserializeOwned,
     {
         if chunksize == Some(0) {
-            return Err(Error::InvalidArgument("chunksize must be at least 1, got 0".into()));
+            return Err(Error::InvalidArgument(
+                "chunksize must be at least 1, got 0".into(),
+            ));
         }
         let entry = entry_of::<F>()?;
         let encoded = encode::<A, B>(entry, items.into_iter(), chunksize, self.processes())?;
@@ -337,7 +364,9 @@ impl Drop for Pool {
 }
 
 fn entry_of<F: 'static>() -> Result<&'static TaskEntry, Error> {
-    registry::by_type::<F>().ok_or_else(|| Error::NotRegistered { name: std::any::type_name::<F>().to_owned() })
+    registry::by_type::<F>().ok_or_else(|| Error::NotRegistered {
+        name: std::any::type_name::<F>().to_owned(),
+    })
 }
 
 /// One chunk of encoded items.
@@ -384,14 +413,14 @@ where
     let mut ends = Vec::new(); // (end offset, items so far)
     let mut len = 0usize;
     for item in items {
-        protocol::push_item(&mut buf, |b| postcard::to_io(item.borrow(), b).map(|_| ())).map_err(|e| {
-            Error::Serialization {
+        protocol::push_item(&mut buf, |b| postcard::to_io(item.borrow(), b).map(|_| ())).map_err(
+            |e| Error::Serialization {
                 task: entry.name().to_owned(),
                 index: len,
                 what: "serialized as an argument",
                 message: e.to_string(),
-            }
-        })?;
+            },
+        )?;
         len += 1;
         if len.is_multiple_of(stride) {
             ends.push((buf.len(), len));
@@ -407,14 +436,22 @@ where
     let mut chunks = Vec::with_capacity(ends.len());
     let (mut start, mut first) = (0, 0);
     for (end, n) in ends {
-        chunks.push(Chunk { first_index: first, count: (n - first) as u32, bytes: start..end });
+        chunks.push(Chunk {
+            first_index: first,
+            count: (n - first) as u32,
+            bytes: start..end,
+        });
         (start, first) = (end, n);
     }
     Ok(Encoded { buf, chunks, len })
 }
 
 /// Waits for the replies of one call and decodes them into input order.
-fn collect<R: DeserializeOwned>(entry: &TaskEntry, rx: &Receiver<Reply>, total: usize) -> Result<Vec<R>, Error> {
+fn collect<R: DeserializeOwned>(
+    entry: &TaskEntry,
+    rx: &Receiver<Reply>,
+    total: usize,
+) -> Result<Vec<R>, Error> {
     let mut slots: Vec<Option<R>> = Vec::with_capacity(total);
     slots.resize_with(total, || None);
     let mut remaining = total;
@@ -436,15 +473,24 @@ fn collect<R: DeserializeOwned>(entry: &TaskEntry, rx: &Receiver<Reply>, total: 
 
 /// Decodes the results of one batch, handing each to `put(index, value)`; the first
 /// failed item becomes the error.
-fn decode_reply<R: DeserializeOwned>(task: &str, reply: Reply, mut put: impl FnMut(usize, R)) -> Result<(), Error> {
+fn decode_reply<R: DeserializeOwned>(
+    task: &str,
+    reply: Reply,
+    mut put: impl FnMut(usize, R),
+) -> Result<(), Error> {
     let frame = reply.outcome?;
     let mut items = Items::new(frame.items());
     for k in 0..reply.count as usize {
         let index = reply.first_index + k;
-        let item = items
-            .next_item()?
-            .ok_or_else(|| Error::protocol(format!("reply holds fewer than the {} items announced", reply.count)))?;
-        let (&status, body) = item.split_first().ok_or_else(|| Error::protocol("empty result item"))?;
+        let item = items.next_item()?.ok_or_else(|| {
+            Error::protocol(format!(
+                "reply holds fewer than the {} items announced",
+                reply.count
+            ))
+        })?;
+        let (&status, body) = item
+            .split_first()
+            .ok_or_else(|| Error::protocol("empty result item"))?;
         match status {
             STATUS_OK => {
                 let value = postcard::from_bytes(body).map_err(|e| Error::Serialization {
@@ -469,7 +515,13 @@ fn decode_reply<R: DeserializeOwned>(task: &str, reply: Reply, mut put: impl FnM
 fn failure_to_error(failure: ItemFailure, task: &str, index: usize, pid: u32) -> Error {
     let task = task.to_owned();
     match failure {
-        ItemFailure::Panicked { message, location } => Error::TaskPanicked { task, message, location, index, pid },
+        ItemFailure::Panicked { message, location } => Error::TaskPanicked {
+            task,
+            message,
+            location,
+            index,
+            pid,
+        },
         ItemFailure::ArgDecode(message) => Error::Serialization {
             task,
             index,

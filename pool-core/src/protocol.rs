@@ -113,14 +113,18 @@ pub fn decode_header<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<(T, &'a 
     if frame.is_empty() {
         return Err(Error::protocol("empty frame"));
     }
-    postcard::take_from_bytes(frame).map_err(|e| Error::protocol(format!("malformed frame header: {e}")))
+    postcard::take_from_bytes(frame)
+        .map_err(|e| Error::protocol(format!("malformed frame header: {e}")))
 }
 
 /// Appends one length-prefixed item to `buf`; `write` appends the item's bytes.
 ///
 /// A one-byte length is reserved and widened afterwards only for items of 128 bytes
 /// or more, so small items are written once, with no scratch buffer.
-pub(crate) fn push_item<E>(buf: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+pub(crate) fn push_item<E>(
+    buf: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
     let mark = buf.len();
     buf.push(0);
     if let Err(e) = write(buf) {
@@ -213,7 +217,12 @@ mod tests {
     #[test]
     fn header_round_trip() {
         let mut buf = Vec::new();
-        let msg = ToWorker::Batch { id: 7, task: "a::b", first_index: 10, count: 3 };
+        let msg = ToWorker::Batch {
+            id: 7,
+            task: "a::b",
+            first_index: 10,
+            count: 3,
+        };
         encode_header(&msg, &mut buf).unwrap();
         buf.extend_from_slice(b"rest");
         let (back, rest) = decode_header::<ToWorker<'_>>(&buf).unwrap();
@@ -223,10 +232,19 @@ mod tests {
 
     #[test]
     fn bad_headers_are_protocol_errors() {
-        assert!(matches!(decode_header::<FromWorker<'_>>(&[]), Err(Error::Protocol(_))));
-        assert!(matches!(decode_header::<FromWorker<'_>>(&[9, 9, 9]), Err(Error::Protocol(_))));
+        assert!(matches!(
+            decode_header::<FromWorker<'_>>(&[]),
+            Err(Error::Protocol(_))
+        ));
+        assert!(matches!(
+            decode_header::<FromWorker<'_>>(&[9, 9, 9]),
+            Err(Error::Protocol(_))
+        ));
         // A Refused whose string length runs past the end.
-        assert!(matches!(decode_header::<FromWorker<'_>>(&[2, 1, 200]), Err(Error::Protocol(_))));
+        assert!(matches!(
+            decode_header::<FromWorker<'_>>(&[2, 1, 200]),
+            Err(Error::Protocol(_))
+        ));
     }
 
     #[test]
@@ -244,7 +262,13 @@ mod tests {
         })
         .unwrap();
         push_item::<()>(&mut buf, |_| Ok(())).unwrap();
-        assert_eq!(push_item(&mut buf, |b| { b.push(1); Err("no") }), Err("no"));
+        assert_eq!(
+            push_item(&mut buf, |b| {
+                b.push(1);
+                Err("no")
+            }),
+            Err("no")
+        );
         let mut items = Items::new(&buf);
         assert_eq!(items.next_item().unwrap(), Some(&b"hi"[..]));
         assert_eq!(items.next_item().unwrap(), Some(&big[..]));

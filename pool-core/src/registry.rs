@@ -1,6 +1,6 @@
 //! The task registry: every `#[pool_task]` function, collected at link time.
 //!
-//! `#[pool_task]` emits one [`TaskEntry`] into the [`TASKS`] distributed slice
+//! `#[pool_task]` emits one `TaskEntry` into the `TASKS` distributed slice
 //! (linkme). The slice is assembled by the linker, so it is complete before any code
 //! runs: a worker entered from a constructor (see `test_support!`) sees every task,
 //! unlike registries filled by constructors of their own.
@@ -45,7 +45,9 @@ impl TaskEntry {
 
 impl std::fmt::Debug for TaskEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskEntry").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("TaskEntry")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,7 +89,11 @@ fn index() -> &'static Index {
             id.write(name.as_bytes());
             id.write(&[0]);
         }
-        Index { by_type, by_name, build_id: id.0 }
+        Index {
+            by_type,
+            by_name,
+            build_id: id.0,
+        }
     })
 }
 
@@ -159,7 +165,9 @@ mod tests {
         assert!(task_names().contains(&name));
         let entry = by_name(name).expect("by name");
         let mut out = Vec::new();
-        entry.run(&postcard::to_stdvec(&(21u32,)).unwrap(), &mut out).unwrap();
+        entry
+            .run(&postcard::to_stdvec(&(21u32,)).unwrap(), &mut out)
+            .unwrap();
         assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 42);
         let closure = |n: u32| n;
         assert_eq!(task_name(&closure), None);

@@ -39,7 +39,11 @@ impl Marker {
         let transport = parts.next()?.to_owned();
         let parent = parts.next()?.parse().ok()?;
         let max_frame = parts.next()?.parse().ok()?;
-        parts.next().is_none().then_some(Marker { transport, parent, max_frame })
+        parts.next().is_none().then_some(Marker {
+            transport,
+            parent,
+            max_frame,
+        })
     }
 
     /// The marker meant for this very process: set, well formed, and naming our
@@ -85,7 +89,9 @@ fn serve(transports: &[&'static dyn Transport], marker: &Marker) -> Result<(), E
                 marker.transport
             ))
         })?;
-    let link = transport.connect(LinkConfig { max_frame: marker.max_frame })?;
+    let link = transport.connect(LinkConfig {
+        max_frame: marker.max_frame,
+    })?;
     Worker::new(link).serve()
 }
 
@@ -128,7 +134,11 @@ mod tests {
 
     #[test]
     fn marker_round_trip() {
-        let m = Marker { transport: "pipe".into(), parent: 42, max_frame: 1024 };
+        let m = Marker {
+            transport: "pipe".into(),
+            parent: 42,
+            max_frame: 1024,
+        };
         assert_eq!(Marker::parse(&m.encode()), Some(m));
         assert_eq!(Marker::parse("2:pipe:1:1"), None);
         assert_eq!(Marker::parse("1:pipe:x:1"), None);

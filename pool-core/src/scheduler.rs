@@ -134,7 +134,10 @@ impl Shared {
             return Err(Error::PoolClosed);
         }
         if state.live == 0 {
-            return Err(state.fatal.as_ref().map_or(Error::PoolClosed, Error::duplicate));
+            return Err(state
+                .fatal
+                .as_ref()
+                .map_or(Error::PoolClosed, Error::duplicate));
         }
         state.queue.extend(batches);
         drop(state);
@@ -157,7 +160,10 @@ impl Shared {
             if state.closed {
                 return None;
             }
-            state = self.work.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state = self
+                .work
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -207,9 +213,16 @@ impl Shared {
             state.live = state.live.saturating_sub(1);
             let last = state.live == 0;
             state.fatal = Some(why);
-            if last { std::mem::take(&mut state.queue) } else { VecDeque::new() }
+            if last {
+                std::mem::take(&mut state.queue)
+            } else {
+                VecDeque::new()
+            }
         };
-        let why = lock(&self.state).fatal.as_ref().map_or(Error::PoolClosed, Error::duplicate);
+        let why = lock(&self.state)
+            .fatal
+            .as_ref()
+            .map_or(Error::PoolClosed, Error::duplicate);
         for batch in dropped {
             let _ = batch.reply.send(Reply {
                 first_index: batch.first_index,
@@ -261,7 +274,9 @@ impl Connection {
             parent: std::process::id(),
             max_frame: config.link.max_frame,
         };
-        command.env(MARKER_ENV, marker.encode()).stdin(Stdio::null());
+        command
+            .env(MARKER_ENV, marker.encode())
+            .stdin(Stdio::null());
         sys::die_with_parent(&mut command, rustix::process::getpid());
 
         let (child, link) = config.transport.spawn(command, config.link)?;
@@ -289,7 +304,11 @@ impl Connection {
 
     fn handshake(&mut self, timeout: Duration) -> Result<(), LinkFailure> {
         let mut frame = Vec::new();
-        match self.link.receiver.recv(&mut frame, Some(Instant::now() + timeout))? {
+        match self
+            .link
+            .receiver
+            .recv(&mut frame, Some(Instant::now() + timeout))?
+        {
             Received::Frame => {}
             Received::Closed => return Err(LinkFailure::Closed),
             Received::TimedOut => {
@@ -302,7 +321,11 @@ impl Connection {
         }
         let hello = match protocol::decode_header::<FromWorker<'_>>(&frame)?.0 {
             FromWorker::Hello(hello) => hello,
-            other => return Err(LinkFailure::Broken(Error::protocol(format!("expected a handshake, got {other:?}")))),
+            other => {
+                return Err(LinkFailure::Broken(Error::protocol(format!(
+                    "expected a handshake, got {other:?}"
+                ))));
+            }
         };
         let problem = if hello.magic != MAGIC {
             Some("the worker did not speak procpool's protocol".to_owned())
@@ -312,9 +335,15 @@ impl Connection {
                 hello.protocol
             ))
         } else if hello.build_id != registry::build_id() {
-            Some("the worker is a different build of this program (was it rebuilt while running?)".to_owned())
+            Some(
+                "the worker is a different build of this program (was it rebuilt while running?)"
+                    .to_owned(),
+            )
         } else if hello.pid != self.pid {
-            Some(format!("handshake from pid {} on the link to worker {}", hello.pid, self.pid))
+            Some(format!(
+                "handshake from pid {} on the link to worker {}",
+                hello.pid, self.pid
+            ))
         } else {
             None
         };
@@ -325,7 +354,12 @@ impl Connection {
     }
 
     /// Runs one batch on this worker.
-    fn run(&mut self, batch: &Batch, id: u64, header: &mut Vec<u8>) -> Result<Result<ResultFrame, Error>, LinkFailure> {
+    fn run(
+        &mut self,
+        batch: &Batch,
+        id: u64,
+        header: &mut Vec<u8>,
+    ) -> Result<Result<ResultFrame, Error>, LinkFailure> {
         let msg = ToWorker::Batch {
             id,
             task: batch.task,
@@ -333,7 +367,9 @@ impl Connection {
             count: batch.count,
         };
         protocol::encode_header(&msg, header)?;
-        self.link.sender.send(&[header, &batch.payload[batch.range.clone()]])?;
+        self.link
+            .sender
+            .send(&[header, &batch.payload[batch.range.clone()]])?;
         let mut frame = Vec::new();
         match self.link.receiver.recv(&mut frame, None)? {
             Received::Frame => {}
@@ -345,7 +381,9 @@ impl Connection {
             FromWorker::Done { id: got, count } if got == id && count == batch.count => {
                 Ok(Ok(ResultFrame { frame, offset }))
             }
-            FromWorker::Refused { id: got, reason } if got == id => Ok(Err(Error::protocol(reason))),
+            FromWorker::Refused { id: got, reason } if got == id => {
+                Ok(Err(Error::protocol(reason)))
+            }
             other => Err(LinkFailure::Broken(Error::protocol(format!(
                 "unexpected reply to batch {id} of {} items: {other:?}",
                 batch.count

@@ -108,7 +108,8 @@ where
     F: Task<Args>,
     Args: DeserializeOwned,
 {
-    let args: Args = postcard::from_bytes(input).map_err(|e| ItemFailure::ArgDecode(e.to_string()))?;
+    let args: Args =
+        postcard::from_bytes(input).map_err(|e| ItemFailure::ArgDecode(e.to_string()))?;
     IN_TASK.with(|flag| flag.set(true));
     let result = panic::catch_unwind(AssertUnwindSafe(|| task.call(args)));
     IN_TASK.with(|flag| flag.set(false));

@@ -23,7 +23,10 @@ pub struct Worker {
 impl Worker {
     /// A worker serving over `link`.
     pub fn new(link: Link) -> Self {
-        Worker { link, pid: std::process::id() }
+        Worker {
+            link,
+            pid: std::process::id(),
+        }
     }
 
     /// Sends the handshake, then runs batches until the pool sends `Shutdown` or
@@ -53,13 +56,24 @@ impl Worker {
             let (msg, payload) = protocol::decode_header::<ToWorker<'_>>(&frame)?;
             let (id, task, count) = match msg {
                 ToWorker::Shutdown => return Ok(()),
-                ToWorker::Batch { id, task, count, .. } => (id, task, count),
+                ToWorker::Batch {
+                    id, task, count, ..
+                } => (id, task, count),
             };
-            let entry = match cached.filter(|e| e.name() == task).or_else(|| registry::by_name(task)) {
+            let entry = match cached
+                .filter(|e| e.name() == task)
+                .or_else(|| registry::by_name(task))
+            {
                 Some(entry) => entry,
                 None => {
                     let reason = format!("task `{task}` is not registered in worker {}", self.pid);
-                    protocol::encode_header(&FromWorker::Refused { id, reason: &reason }, &mut header)?;
+                    protocol::encode_header(
+                        &FromWorker::Refused {
+                            id,
+                            reason: &reason,
+                        },
+                        &mut header,
+                    )?;
                     self.link.sender.send(&[&header])?;
                     continue;
                 }
@@ -70,18 +84,37 @@ impl Worker {
             // Let what tasks printed out before their results arrive.
             let _ = std::io::stdout().flush();
             protocol::encode_header(&FromWorker::Done { id, count }, &mut header)?;
-            self.link.sender.send(&[&header, &results])?;
+            match self.link.sender.send(&[&header, &results]) {
+                // Refused before anything was written (over the frame cap): the link
+                // is still in step, so only this batch fails.
+                Err(Error::Protocol(reason)) => {
+                    protocol::encode_header(
+                        &FromWorker::Refused {
+                            id,
+                            reason: &reason,
+                        },
+                        &mut header,
+                    )?;
+                    self.link.sender.send(&[&header])?;
+                }
+                other => other?,
+            }
         }
     }
 }
 
 /// Runs `count` items of `entry` from `payload`, appending one result item each.
-fn run_batch(entry: &TaskEntry, payload: &[u8], count: u32, out: &mut Vec<u8>) -> Result<(), Error> {
+fn run_batch(
+    entry: &TaskEntry,
+    payload: &[u8],
+    count: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
     let mut items = Items::new(payload);
     for _ in 0..count {
-        let input = items
-            .next_item()?
-            .ok_or_else(|| Error::protocol(format!("batch announced {count} items but holds fewer")))?;
+        let input = items.next_item()?.ok_or_else(|| {
+            Error::protocol(format!("batch announced {count} items but holds fewer"))
+        })?;
         protocol::push_item::<Error>(out, |out| {
             out.push(STATUS_OK);
             let status_at = out.len() - 1;
@@ -95,7 +128,9 @@ fn run_batch(entry: &TaskEntry, payload: &[u8], count: u32, out: &mut Vec<u8>) -
         })?;
     }
     if !items.is_empty() {
-        return Err(Error::protocol(format!("batch announced {count} items but holds more")));
+        return Err(Error::protocol(format!(
+            "batch announced {count} items but holds more"
+        )));
     }
     Ok(())
 }

@@ -35,7 +35,11 @@ pub fn write_frame<W: Write>(w: &mut W, parts: &[&[u8]], max_frame: usize) -> Re
 /// Reads one frame into `buf`. A clean end of stream before a frame is
 /// [`Received::Closed`]; an end inside one, or a length over `max_frame`, is an
 /// [`Error::Protocol`].
-pub fn read_frame<R: BufRead>(r: &mut R, buf: &mut Vec<u8>, max_frame: usize) -> Result<Received, Error> {
+pub fn read_frame<R: BufRead>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max_frame: usize,
+) -> Result<Received, Error> {
     buf.clear();
     let mut prefix = [0u8; PREFIX];
     let mut got = 0;
@@ -91,20 +95,29 @@ mod tests {
     #[test]
     fn oversized_frames_are_refused_both_ways() {
         let mut wire = Vec::new();
-        assert!(matches!(write_frame(&mut wire, &[&[0; 17]], 16), Err(Error::Protocol(_))));
+        assert!(matches!(
+            write_frame(&mut wire, &[&[0; 17]], 16),
+            Err(Error::Protocol(_))
+        ));
         assert!(wire.is_empty(), "nothing written for a refused frame");
         let mut r = Cursor::new(u32::MAX.to_le_bytes().to_vec());
         let mut buf = Vec::new();
         let err = read_frame(&mut r, &mut buf, 1 << 20).unwrap_err();
         assert!(err.to_string().contains("over the limit"), "{err}");
-        assert!(buf.capacity() < 1 << 20, "no allocation for a refused frame");
+        assert!(
+            buf.capacity() < 1 << 20,
+            "no allocation for a refused frame"
+        );
     }
 
     #[test]
     fn truncated_frames_are_protocol_errors() {
         let mut buf = Vec::new();
         let mut r = Cursor::new(vec![5, 0]);
-        assert!(matches!(read_frame(&mut r, &mut buf, 64), Err(Error::Protocol(_))));
+        assert!(matches!(
+            read_frame(&mut r, &mut buf, 64),
+            Err(Error::Protocol(_))
+        ));
         let mut r = Cursor::new(vec![5, 0, 0, 0, 1, 2]);
         let err = read_frame(&mut r, &mut buf, 64).unwrap_err();
         assert!(err.to_string().contains("got 2 of 5"), "{err}");
@@ -117,7 +130,11 @@ mod tests {
         wire.extend_from_slice(&[1, 2, 3]);
         let mut buf = Vec::new();
         assert!(read_frame(&mut Cursor::new(wire), &mut buf, usize::MAX).is_err());
-        assert!(buf.capacity() <= RESERVE_AHEAD * 2, "capacity {}", buf.capacity());
+        assert!(
+            buf.capacity() <= RESERVE_AHEAD * 2,
+            "capacity {}",
+            buf.capacity()
+        );
     }
 
     proptest! {

@@ -43,15 +43,20 @@ impl Transport for PipeTransport {
     }
 
     fn spawn(&self, mut command: Command, config: LinkConfig) -> Result<(Child, Link), Error> {
-        let (to_worker_r, to_worker_w) = pipe_with(PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
-        let (from_worker_r, from_worker_w) = pipe_with(PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
+        let (to_worker_r, to_worker_w) =
+            pipe_with(PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
+        let (from_worker_r, from_worker_w) =
+            pipe_with(PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
         // The child's ends go above the fixed targets, so placing one cannot
         // overwrite the other.
         let child_read = fcntl_dupfd_cloexec(&to_worker_r, 10).map_err(std::io::Error::from)?;
         let child_write = fcntl_dupfd_cloexec(&from_worker_w, 10).map_err(std::io::Error::from)?;
         drop((to_worker_r, from_worker_w));
         sys::place_on_exec(&mut command, &child_read, &child_write);
-        command.env(FDS_ENV, format!("{},{}", sys::WORKER_READ_FD, sys::WORKER_WRITE_FD));
+        command.env(
+            FDS_ENV,
+            format!("{},{}", sys::WORKER_READ_FD, sys::WORKER_WRITE_FD),
+        );
         let child = command.spawn()?;
         drop((child_read, child_write));
         Ok((child, link(from_worker_r, to_worker_w, config)))
@@ -60,7 +65,9 @@ impl Transport for PipeTransport {
     fn connect(&self, config: LinkConfig) -> Result<Link, Error> {
         let expected = format!("{},{}", sys::WORKER_READ_FD, sys::WORKER_WRITE_FD);
         if std::env::var(FDS_ENV).ok().as_deref() != Some(expected.as_str()) {
-            return Err(Error::Startup(format!("{FDS_ENV} is not `{expected}`: not started by a pipe transport")));
+            return Err(Error::Startup(format!(
+                "{FDS_ENV} is not `{expected}`: not started by a pipe transport"
+            )));
         }
         let (read, write) = sys::adopt_worker_fds()?;
         Ok(link(read, write, config))

@@ -62,7 +62,9 @@ fn adopt(fd: RawFd) -> io::Result<OwnedFd> {
     if FileType::from_raw_mode(stat.st_mode) != FileType::Fifo {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("descriptor {fd} is not a pipe: this process was not started by a procpool pipe transport"),
+            format!(
+                "descriptor {fd} is not a pipe: this process was not started by a procpool pipe transport"
+            ),
         ));
     }
     // SAFETY: `fd` is an open pipe that the parent placed for this process alone;

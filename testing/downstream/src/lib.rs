@@ -1,0 +1,45 @@
+//! Test fixture: a crate that uses procpool as an outside user would — tasks of its
+//! own, tasks of another library crate (`procpool-task-lib`), helper binaries for the
+//! multi-process tests, and property tests.
+
+use procpool::pool_task;
+use serde::{Deserialize, Serialize};
+
+/// Steps of the Collatz sequence from `n` down to 1 (0 for 0).
+#[pool_task]
+pub fn collatz_steps(n: u64) -> u32 {
+    let (mut n, mut steps) = (n, 0);
+    while n > 1 {
+        n = if n % 2 == 0 {
+            n / 2
+        } else {
+            3 * (n % (u64::MAX / 4)) + 1
+        };
+        steps += 1;
+    }
+    steps
+}
+
+/// A record with a bit of everything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// An identifier.
+    pub id: u32,
+    /// A name.
+    pub name: String,
+    /// Optional tags.
+    pub tags: Option<Vec<String>>,
+    /// Raw bytes.
+    pub blob: Vec<u8>,
+}
+
+/// Summarizes a record and a weight.
+#[pool_task]
+pub fn summarize(record: Record, weight: i16) -> (u32, usize, i64) {
+    let tags = record.tags.map_or(0, |t| t.len());
+    (
+        record.id,
+        record.name.len() + tags,
+        i64::from(weight) * record.blob.len() as i64,
+    )
+}

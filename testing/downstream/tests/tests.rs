@@ -1,0 +1,8 @@
+//! A downstream crate's integration tests: one line of setup, then pools work in
+//! `#[test]`s and `proptest!` blocks, under `cargo test` and `cargo nextest run`.
+
+procpool::test_support!();
+
+mod cross_crate;
+mod processes;
+mod properties;

@@ -1,0 +1,193 @@
+//! Failing tasks, unregistered functions and values that do not serialize.
+
+use procpool::{Error, Pool, pool_task};
+use serde::Deserialize;
+use serde::ser::{Error as _, Serialize, Serializer};
+
+#[pool_task]
+fn explode_on_seven(n: u32) -> u32 {
+    if n == 7 {
+        panic!("seven is right out");
+    }
+    n
+}
+
+#[pool_task]
+fn noisy(n: u32) -> u32 {
+    println!("task says {n}");
+    n + 1
+}
+
+#[pool_task]
+fn blob(len: usize) -> Vec<u8> {
+    vec![7; len]
+}
+
+fn not_a_task(n: u32) -> u32 {
+    n
+}
+
+/// A value whose serialization fails when it is empty.
+#[derive(Debug, PartialEq, Deserialize)]
+struct Fussy(Vec<u8>);
+
+impl Serialize for Fussy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_empty() {
+            return Err(S::Error::custom("an empty Fussy refuses to be serialized"));
+        }
+        self.0.serialize(s)
+    }
+}
+
+#[pool_task]
+fn fussy_len(f: Fussy) -> usize {
+    f.0.len()
+}
+
+#[pool_task]
+fn make_fussy(len: usize) -> Fussy {
+    Fussy(vec![1; len])
+}
+
+#[pool_task]
+fn takes_vec(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+#[test]
+fn a_panicking_task_reports_message_and_index_and_the_pool_lives_on() {
+    let pool = Pool::new(2).unwrap();
+    let err = pool.map_chunked(explode_on_seven, 0..20u32, 3).unwrap_err();
+    match &err {
+        Error::TaskPanicked {
+            task,
+            message,
+            index,
+            pid,
+            location,
+        } => {
+            assert!(task.ends_with("failure::explode_on_seven"), "{task}");
+            assert_eq!(message, "seven is right out");
+            assert_eq!(*index, 7);
+            assert!(
+                pool.pids().contains(pid),
+                "pid {pid} is one of the pool's workers"
+            );
+            assert!(
+                location
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("failure.rs"),
+                "{location:?}"
+            );
+        }
+        other => panic!("expected TaskPanicked, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("explode_on_seven")
+            && text.contains("item 7")
+            && text.contains("seven is right out"),
+        "{text}"
+    );
+    // The same workers serve the next call.
+    assert_eq!(
+        pool.map(explode_on_seven, 0..7u32).unwrap(),
+        (0..7).collect::<Vec<_>>()
+    );
+    assert!(matches!(
+        pool.apply(explode_on_seven, (7,)),
+        Err(Error::TaskPanicked { index: 0, .. })
+    ));
+}
+
+#[test]
+fn unregistered_functions_and_closures_are_refused() {
+    let pool = Pool::new(1).unwrap();
+    let err = pool.map(not_a_task, [1u32, 2]).unwrap_err();
+    assert!(
+        matches!(&err, Error::NotRegistered { name } if name.ends_with("not_a_task")),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("#[pool_task]"),
+        "the message says how to fix it: {err}"
+    );
+    let closure = |n: u32| n * 2;
+    assert!(matches!(
+        pool.map(closure, [1u32]),
+        Err(Error::NotRegistered { .. })
+    ));
+    assert!(matches!(
+        pool.apply(|| 1u8, ()),
+        Err(Error::NotRegistered { .. })
+    ));
+    assert_eq!(
+        pool.map(noisy, [1u32]).unwrap(),
+        [2],
+        "the pool still works"
+    );
+}
+
+#[test]
+fn a_task_may_print() {
+    let pool = Pool::new(1).unwrap();
+    assert_eq!(pool.map(noisy, 0..3u32).unwrap(), [1, 2, 3]);
+}
+
+#[test]
+fn values_that_cannot_be_serialized_fail_with_their_index() {
+    let pool = Pool::new(1).unwrap();
+    let items = vec![
+        Fussy(vec![1]),
+        Fussy(vec![1, 2]),
+        Fussy(vec![]),
+        Fussy(vec![3]),
+    ];
+    match pool.map(fussy_len, &items).unwrap_err() {
+        Error::Serialization {
+            index,
+            what,
+            message,
+            ..
+        } => {
+            assert_eq!(index, 2);
+            assert_eq!(what, "serialized as an argument");
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected Serialization, got {other:?}"),
+    }
+    match pool.map_chunked(make_fussy, [3usize, 0, 2], 3).unwrap_err() {
+        Error::Serialization { index, what, .. } => {
+            assert_eq!(index, 1);
+            assert_eq!(what, "serialized in the worker");
+        }
+        other => panic!("expected Serialization, got {other:?}"),
+    }
+    assert_eq!(
+        pool.map(make_fussy, [2usize]).unwrap(),
+        [Fussy(vec![1, 1])],
+        "the pool still works"
+    );
+}
+
+#[test]
+fn results_over_the_frame_limit_fail_that_call_only() {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_frame_size(64 * 1024)
+        .build()
+        .unwrap();
+    let pid = pool.pids()[0];
+    assert!(matches!(
+        pool.apply(blob, (200_000usize,)),
+        Err(Error::Protocol { .. })
+    ));
+    assert!(matches!(
+        pool.apply(takes_vec, (vec![0u8; 200_000],)),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(pool.apply(blob, (10usize,)).unwrap(), vec![7; 10]);
+    assert_eq!(pool.pids(), [pid], "the worker survived both");
+}

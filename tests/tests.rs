@@ -1,0 +1,9 @@
+//! Integration tests of the procpool facade: one binary, one module per area.
+
+procpool::test_support!();
+
+mod api;
+mod failure;
+mod lifecycle;
+mod macros;
+mod protocol;

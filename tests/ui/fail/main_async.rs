@@ -1,0 +1,2 @@
+#[procpool::main]
+async fn main() {}

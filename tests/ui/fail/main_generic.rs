@@ -1,0 +1,4 @@
+#[procpool::main]
+fn main<T: Default>() {
+    let _ = T::default();
+}

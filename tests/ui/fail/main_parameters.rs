@@ -1,0 +1,4 @@
+#[procpool::main]
+fn main(args: Vec<String>) {
+    drop(args);
+}

@@ -1,0 +1,2 @@
+#[procpool::main(workers = 4)]
+fn main() {}
