@@ -191,3 +191,76 @@ fn results_over_the_frame_limit_fail_that_call_only() {
     assert_eq!(pool.apply(blob, (10usize,)).unwrap(), vec![7; 10]);
     assert_eq!(pool.pids(), [pid], "the worker survived both");
 }
+
+#[pool_task]
+fn exit_with(code: i32) -> i32 {
+    std::process::exit(code)
+}
+
+#[pool_task]
+fn abort_now() {
+    std::process::abort()
+}
+
+#[pool_task]
+fn my_pid() -> u32 {
+    std::process::id()
+}
+
+#[pool_task]
+fn linger(ms: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn a_worker_that_exits_or_aborts_is_reported_and_replaced() {
+    let pool = Pool::new(1).unwrap();
+    let first = pool.pids()[0];
+    match pool.map_chunked(exit_with, [3i32], 1).unwrap_err() {
+        Error::WorkerDied {
+            pid,
+            exit,
+            index,
+            task,
+        } => {
+            assert_eq!(pid, first);
+            assert_eq!(exit, procpool::WorkerExit::Code(3));
+            assert_eq!(index, 0);
+            assert!(task.ends_with("exit_with"), "{task}");
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    let second = pool.apply(my_pid, ()).unwrap();
+    assert_ne!(second, first, "a new worker replaced the dead one");
+    let err = pool.apply(abort_now, ()).unwrap_err();
+    assert!(
+        matches!(err, Error::WorkerDied { exit: procpool::WorkerExit::Signal(6), pid, .. } if pid == second),
+        "{err:?}"
+    );
+    assert_eq!(
+        pool.apply(linger, (1u64,)).unwrap(),
+        1,
+        "the pool keeps serving"
+    );
+}
+
+#[test]
+fn a_worker_killed_from_outside_is_reported() {
+    let pool = std::sync::Arc::new(Pool::new(1).unwrap());
+    let victim = pool.pids()[0];
+    let caller = {
+        let pool = std::sync::Arc::clone(&pool);
+        std::thread::spawn(move || pool.map_chunked(linger, [10u64, 10, 60_000, 10], 1))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = rustix::process::Pid::from_raw(victim as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    let err = caller.join().unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::WorkerDied { exit: procpool::WorkerExit::Signal(9), index: 2, pid, .. } if pid == victim),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("killed by signal 9"), "{err}");
+    assert_eq!(pool.apply(linger, (1u64,)).unwrap(), 1);
+}

@@ -185,7 +185,8 @@ impl Pool {
         self.shared.config.processes
     }
 
-    /// Process ids of the current workers.
+    /// Process ids of the current workers. A worker that is being replaced (after
+    /// it died) is missing from the list until its successor has started.
     pub fn pids(&self) -> Vec<u32> {
         self.shared.pids()
     }
