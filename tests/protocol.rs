@@ -2,6 +2,7 @@
 
 use std::io::BufReader;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use procpool::pipe::frame;
@@ -95,4 +96,53 @@ fn a_worker_that_exits_before_the_handshake_is_a_startup_error() {
         e.to_string().contains("procpool::init()"),
         "the message says what to check: {e}"
     );
+}
+
+/// The pipe transport for the first worker, then a transport that cannot start any.
+#[derive(Debug)]
+struct OneShot(AtomicUsize);
+
+impl Transport for OneShot {
+    fn name(&self) -> &'static str {
+        procpool::pipe::PIPE.name()
+    }
+
+    fn spawn(&self, command: Command, config: LinkConfig) -> Result<(Child, Link), Error> {
+        if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+            procpool::pipe::PIPE.spawn(command, config)
+        } else {
+            Err(Error::Startup("no more workers today".into()))
+        }
+    }
+
+    fn connect(&self, config: LinkConfig) -> Result<Link, Error> {
+        procpool::pipe::PIPE.connect(config)
+    }
+}
+
+static ONE_SHOT: OneShot = OneShot(AtomicUsize::new(0));
+
+#[procpool::pool_task]
+fn quit() {
+    std::process::exit(1)
+}
+
+#[test]
+fn when_no_worker_can_be_started_again_calls_fail_instead_of_waiting() {
+    let pool = Pool::builder()
+        .processes(1)
+        .transport(&ONE_SHOT as &'static dyn Transport)
+        .build()
+        .unwrap();
+    assert!(matches!(
+        pool.apply(quit, ()),
+        Err(Error::WorkerDied { .. })
+    ));
+    for _ in 0..3 {
+        let err = pool.apply(quit, ()).unwrap_err();
+        assert!(
+            matches!(&err, Error::Startup(m) if m.contains("no more workers")),
+            "{err:?}"
+        );
+    }
 }

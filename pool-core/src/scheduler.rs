@@ -211,18 +211,14 @@ impl Shared {
         let dropped = {
             let mut state = lock(&self.state);
             state.live = state.live.saturating_sub(1);
-            let last = state.live == 0;
-            state.fatal = Some(why);
-            if last {
+            let dropped = if state.live == 0 {
                 std::mem::take(&mut state.queue)
             } else {
                 VecDeque::new()
-            }
+            };
+            state.fatal = Some(why.duplicate());
+            dropped
         };
-        let why = lock(&self.state)
-            .fatal
-            .as_ref()
-            .map_or(Error::PoolClosed, Error::duplicate);
         for batch in dropped {
             let _ = batch.reply.send(Reply {
                 first_index: batch.first_index,
