@@ -67,14 +67,7 @@ impl Worker {
                 Some(entry) => entry,
                 None => {
                     let reason = format!("task `{task}` is not registered in worker {}", self.pid);
-                    protocol::encode_header(
-                        &FromWorker::Refused {
-                            id,
-                            reason: &reason,
-                        },
-                        &mut header,
-                    )?;
-                    self.link.sender.send(&[&header])?;
+                    self.refuse(id, &reason, &mut header)?;
                     continue;
                 }
             };
@@ -87,19 +80,16 @@ impl Worker {
             match self.link.sender.send(&[&header, &results]) {
                 // Refused before anything was written (over the frame cap): the link
                 // is still in step, so only this batch fails.
-                Err(Error::Protocol(reason)) => {
-                    protocol::encode_header(
-                        &FromWorker::Refused {
-                            id,
-                            reason: &reason,
-                        },
-                        &mut header,
-                    )?;
-                    self.link.sender.send(&[&header])?;
-                }
+                Err(Error::Protocol(reason)) => self.refuse(id, &reason, &mut header)?,
                 other => other?,
             }
         }
+    }
+
+    /// Answers batch `id` with a refusal: the batch fails, the worker goes on.
+    fn refuse(&mut self, id: u64, reason: &str, header: &mut Vec<u8>) -> Result<(), Error> {
+        protocol::encode_header(&FromWorker::Refused { id, reason }, header)?;
+        self.link.sender.send(&[header])
     }
 }
 
