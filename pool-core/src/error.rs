@@ -81,15 +81,31 @@ pub enum Error {
         index: usize,
     },
 
-    /// A task ran past its time limit, or a wait for a result timed out.
-    #[error("timed out after {after:?}{}", fmt_task(.task, .index))]
+    /// A task ran past its time limit (its worker was killed and replaced), or a
+    /// wait for a result timed out (the work goes on).
+    #[error("timed out after {after:?}{}", fmt_task(.task, .index, .pid))]
     Timeout {
         /// Registered name of the task, when one is concerned.
         task: Option<String>,
         /// Index of the item, when one is concerned.
         index: Option<usize>,
+        /// The worker that was killed for running too long, if one was.
+        pid: Option<u32>,
         /// The limit that was reached.
         after: Duration,
+    },
+
+    /// The pool's initializer failed in a new worker. The worker is not used, and
+    /// the pool does not retry it in a loop.
+    #[error("initializer `{task}` failed in worker {pid}: {source}")]
+    InitializerFailed {
+        /// Registered name of the initializer.
+        task: String,
+        /// The worker it ran in.
+        pid: u32,
+        /// What went wrong (usually [`Error::TaskPanicked`]).
+        #[source]
+        source: Box<Error>,
     },
 
     /// A value of an item could not be serialized or deserialized.
@@ -137,12 +153,18 @@ fn fmt_location(location: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-fn fmt_task(task: &Option<String>, index: &Option<usize>) -> String {
-    match (task, index) {
-        (Some(t), Some(i)) => format!(" running task `{t}` on item {i}"),
-        (Some(t), None) => format!(" running task `{t}`"),
-        _ => String::new(),
+fn fmt_task(task: &Option<String>, index: &Option<usize>, pid: &Option<u32>) -> String {
+    let mut s = String::new();
+    if let Some(t) = task {
+        s.push_str(&format!(" running task `{t}`"));
     }
+    if let Some(i) = index {
+        s.push_str(&format!(" on item {i}"));
+    }
+    if let Some(p) = pid {
+        s.push_str(&format!(" (worker {p} was killed)"));
+    }
+    s
 }
 
 impl Error {
@@ -180,10 +202,21 @@ impl Error {
                 exit: *exit,
                 index: *index,
             },
-            Error::Timeout { task, index, after } => Error::Timeout {
+            Error::Timeout {
+                task,
+                index,
+                pid,
+                after,
+            } => Error::Timeout {
                 task: task.clone(),
                 index: *index,
+                pid: *pid,
                 after: *after,
+            },
+            Error::InitializerFailed { task, pid, source } => Error::InitializerFailed {
+                task: task.clone(),
+                pid: *pid,
+                source: Box::new(source.duplicate()),
             },
             Error::Serialization {
                 task,

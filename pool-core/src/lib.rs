@@ -14,9 +14,11 @@
 #![deny(unsafe_code)]
 
 mod error;
+mod imap;
 mod pool;
 pub mod protocol;
 pub mod registry;
+mod result;
 pub mod runtime;
 mod scheduler;
 mod sys;
@@ -25,8 +27,10 @@ pub mod transport;
 mod worker;
 
 pub use error::{Error, WorkerExit};
+pub use imap::Imap;
 pub use pool::{Pool, PoolBuilder};
 pub use registry::{task_name, task_names};
+pub use result::{AsyncResult, Callbacks, Progress};
 pub use runtime::{init, is_worker};
 pub use task::Task;
 pub use transport::{

@@ -2,7 +2,7 @@
 
 use std::borrow::Borrow;
 use std::fmt;
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -11,10 +11,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::protocol::{self, DEFAULT_MAX_FRAME, ItemFailure, Items, STATUS_FAILED, STATUS_OK};
+use crate::imap::{Imap, Source};
+use crate::protocol::{self, DEFAULT_MAX_FRAME};
 use crate::registry::{self, TaskEntry};
+use crate::result::{AsyncResult, Callbacks, Collector, Progress};
 use crate::runtime;
-use crate::scheduler::{self, Batch, Config, Job, Reply, Shared, lock};
+use crate::scheduler::{self, Batch, Config, Initializer, Job, ReplySink, Shared, lock};
 use crate::task::Task;
 use crate::transport::{IntoTransport, LinkConfig, Transport};
 
@@ -50,6 +52,9 @@ pub struct PoolBuilder {
     transport: Option<&'static dyn Transport>,
     max_frame: usize,
     startup_timeout: Duration,
+    max_tasks_per_child: Option<usize>,
+    initializer: Option<Result<Initializer, Arc<Error>>>,
+    task_timeout: Option<Duration>,
 }
 
 impl Default for PoolBuilder {
@@ -59,6 +64,9 @@ impl Default for PoolBuilder {
             transport: None,
             max_frame: DEFAULT_MAX_FRAME,
             startup_timeout: Duration::from_secs(20),
+            max_tasks_per_child: None,
+            initializer: None,
+            task_timeout: None,
         }
     }
 }
@@ -91,6 +99,55 @@ impl PoolBuilder {
         self
     }
 
+    /// Replace each worker by a fresh process after it has run `items` items (Python's
+    /// `maxtasksperchild`), to bound leaks in long-running pools. A chunk is never
+    /// split, so a worker may run a few more items than this before it is replaced.
+    /// Zero is refused by [`build`](Self::build).
+    pub fn max_tasks_per_child(mut self, items: usize) -> Self {
+        self.max_tasks_per_child = Some(items);
+        self
+    }
+
+    /// Runs the registered task `task(args...)` once in every new worker before it
+    /// takes work — to open a connection, load a model, set a per-process static.
+    ///
+    /// If it fails (panics), that worker is not used and the failure is reported as
+    /// [`Error::InitializerFailed`]: by `build` for the first workers, and by the
+    /// calls that follow if a replacement worker fails. The pool never loops
+    /// respawning workers whose initializer fails.
+    pub fn initializer<F, Args>(mut self, task: F, args: Args) -> Self
+    where
+        F: Task<Args>,
+        Args: Serialize,
+    {
+        let _ = task;
+        let spec = entry_of::<F>().and_then(|entry| {
+            let mut payload = Vec::new();
+            protocol::push_item(&mut payload, |b| postcard::to_io(&args, b).map(|_| ())).map_err(
+                |e| Error::Serialization {
+                    task: entry.name().to_owned(),
+                    index: 0,
+                    what: "serialized as an argument",
+                    message: e.to_string(),
+                },
+            )?;
+            Ok(Initializer {
+                task: entry.name(),
+                payload,
+            })
+        });
+        self.initializer = Some(spec.map_err(Arc::new));
+        self
+    }
+
+    /// Kills a worker whose task runs longer than `limit`; that item fails with
+    /// [`Error::Timeout`] (the other items of its chunk fail with it), and a fresh
+    /// worker takes over. Zero is refused by [`build`](Self::build).
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.task_timeout = Some(limit);
+        self
+    }
+
     /// Starts the workers and waits until each has answered the handshake.
     pub fn build(self) -> Result<Pool, Error> {
         let processes = match self.processes {
@@ -110,6 +167,21 @@ impl PoolBuilder {
                 self.max_frame
             )));
         }
+        if self.max_tasks_per_child == Some(0) {
+            return Err(Error::InvalidArgument(
+                "max_tasks_per_child must be at least 1, got 0".into(),
+            ));
+        }
+        if self.task_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::InvalidArgument(
+                "task_timeout must be more than zero".into(),
+            ));
+        }
+        let initializer = match self.initializer {
+            None => None,
+            Some(Ok(init)) => Some(init),
+            Some(Err(e)) => return Err(e.duplicate()),
+        };
         if self.startup_timeout.is_zero() {
             return Err(Error::InvalidArgument(
                 "startup_timeout must be more than zero".into(),
@@ -129,6 +201,9 @@ impl PoolBuilder {
                 max_frame: self.max_frame,
             },
             startup_timeout: self.startup_timeout,
+            max_tasks_per_child: self.max_tasks_per_child,
+            initializer,
+            task_timeout: self.task_timeout,
         }));
         let pool = Pool {
             shared: Arc::clone(&shared),
@@ -204,7 +279,8 @@ impl Pool {
         I: IntoIterator,
         I::Item: Borrow<A>,
     {
-        self.run_many::<F, A, _, F::Output>(&task, items, None)
+        self.map_async_with(task, items, None, Callbacks::new())?
+            .get()
     }
 
     /// [`map`](Self::map) with an explicit chunk size (items per message to a worker).
@@ -221,7 +297,61 @@ impl Pool {
         I: IntoIterator,
         I::Item: Borrow<A>,
     {
-        self.run_many::<F, A, _, F::Output>(&task, items, Some(chunksize))
+        self.map_async_with(task, items, Some(chunksize), Callbacks::new())?
+            .get()
+    }
+
+    /// [`map`](Self::map) that calls `on_progress` (on a pool thread) each time a chunk
+    /// finishes: draw your own progress bar. With the `progress` feature of the
+    /// `procpool` facade, `map_progress` draws one for you.
+    pub fn map_with_progress<F, A, I>(
+        &self,
+        task: F,
+        items: I,
+        on_progress: impl FnMut(Progress) + Send + 'static,
+    ) -> Result<Vec<F::Output>, Error>
+    where
+        F: Task<(A,)>,
+        A: Serialize,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+    {
+        self.map_async_with(task, items, None, Callbacks::new().on_progress(on_progress))?
+            .get()
+    }
+
+    /// Starts a [`map`](Self::map) and returns at once. The input is read and encoded
+    /// before this returns; results arrive in the [`AsyncResult`].
+    pub fn map_async<F, A, I>(
+        &self,
+        task: F,
+        items: I,
+    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
+    where
+        F: Task<(A,)>,
+        A: Serialize,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+    {
+        self.map_async_with(task, items, None, Callbacks::new())
+    }
+
+    /// [`map_async`](Self::map_async) with an optional chunk size and [`Callbacks`]
+    /// (Python's `callback` and `error_callback`, and a progress hook).
+    pub fn map_async_with<F, A, I>(
+        &self,
+        task: F,
+        items: I,
+        chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<F::Output>>,
+    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
+    where
+        F: Task<(A,)>,
+        A: Serialize,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+    {
+        self.submit_all::<F, A, _, F::Output, _>(&task, items, chunksize, Ok, callbacks)
     }
 
     /// Applies a task to every argument tuple: `starmap(add, [(1, 2), (3, 4)])` is
@@ -233,7 +363,8 @@ impl Pool {
         I: IntoIterator,
         I::Item: Borrow<Args>,
     {
-        self.run_many::<F, Args, _, F::Output>(&task, items, None)
+        self.starmap_async_with(task, items, None, Callbacks::new())?
+            .get()
     }
 
     /// [`starmap`](Self::starmap) with an explicit chunk size.
@@ -249,7 +380,40 @@ impl Pool {
         I: IntoIterator,
         I::Item: Borrow<Args>,
     {
-        self.run_many::<F, Args, _, F::Output>(&task, items, Some(chunksize))
+        self.starmap_async_with(task, items, Some(chunksize), Callbacks::new())?
+            .get()
+    }
+
+    /// Starts a [`starmap`](Self::starmap) and returns at once.
+    pub fn starmap_async<F, Args, I>(
+        &self,
+        task: F,
+        items: I,
+    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
+    where
+        F: Task<Args>,
+        Args: Serialize,
+        I: IntoIterator,
+        I::Item: Borrow<Args>,
+    {
+        self.starmap_async_with(task, items, None, Callbacks::new())
+    }
+
+    /// [`starmap_async`](Self::starmap_async) with an optional chunk size and [`Callbacks`].
+    pub fn starmap_async_with<F, Args, I>(
+        &self,
+        task: F,
+        items: I,
+        chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<F::Output>>,
+    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
+    where
+        F: Task<Args>,
+        Args: Serialize,
+        I: IntoIterator,
+        I::Item: Borrow<Args>,
+    {
+        self.submit_all::<F, Args, _, F::Output, _>(&task, items, chunksize, Ok, callbacks)
     }
 
     /// Runs a task once in a worker and waits for its result:
@@ -259,10 +423,99 @@ impl Pool {
         F: Task<Args>,
         Args: Serialize,
     {
-        let mut out =
-            self.run_many::<F, Args, _, F::Output>(&task, std::iter::once(args), Some(1))?;
-        out.pop()
-            .ok_or_else(|| Error::protocol("no result for apply"))
+        self.apply_async_with(task, args, Callbacks::new())?.get()
+    }
+
+    /// Starts an [`apply`](Self::apply) and returns at once.
+    pub fn apply_async<F, Args>(&self, task: F, args: Args) -> Result<AsyncResult<F::Output>, Error>
+    where
+        F: Task<Args>,
+        Args: Serialize,
+    {
+        self.apply_async_with(task, args, Callbacks::new())
+    }
+
+    /// [`apply_async`](Self::apply_async) with [`Callbacks`].
+    pub fn apply_async_with<F, Args>(
+        &self,
+        task: F,
+        args: Args,
+        callbacks: Callbacks<F::Output>,
+    ) -> Result<AsyncResult<F::Output>, Error>
+    where
+        F: Task<Args>,
+        Args: Serialize,
+    {
+        fn single<T>(mut v: Vec<T>) -> Result<T, Error> {
+            v.pop()
+                .ok_or_else(|| Error::Protocol("no result for apply".into()))
+        }
+        self.submit_all::<F, Args, _, F::Output, _>(
+            &task,
+            std::iter::once(args),
+            Some(1),
+            single,
+            callbacks,
+        )
+    }
+
+    /// Lazily applies a one-parameter task to every item; results in input order as
+    /// they become available. Chunk size 1, as in Python; see [`Imap`] for memory bounds.
+    pub fn imap<F, A, I>(&self, task: F, items: I) -> Result<Imap<F::Output>, Error>
+    where
+        F: Task<(A,)>,
+        A: Serialize + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+        I::IntoIter: Send + 'static,
+    {
+        self.stream::<F, A, I>(&task, items, 1, true)
+    }
+
+    /// [`imap`](Self::imap) with `chunksize` items per message: much faster for tiny tasks.
+    pub fn imap_chunked<F, A, I>(
+        &self,
+        task: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Imap<F::Output>, Error>
+    where
+        F: Task<(A,)>,
+        A: Serialize + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+        I::IntoIter: Send + 'static,
+    {
+        self.stream::<F, A, I>(&task, items, chunksize, true)
+    }
+
+    /// Like [`imap`](Self::imap), but results come in completion order.
+    pub fn imap_unordered<F, A, I>(&self, task: F, items: I) -> Result<Imap<F::Output>, Error>
+    where
+        F: Task<(A,)>,
+        A: Serialize + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+        I::IntoIter: Send + 'static,
+    {
+        self.stream::<F, A, I>(&task, items, 1, false)
+    }
+
+    /// [`imap_unordered`](Self::imap_unordered) with an explicit chunk size.
+    pub fn imap_unordered_chunked<F, A, I>(
+        &self,
+        task: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Imap<F::Output>, Error>
+    where
+        F: Task<(A,)>,
+        A: Serialize + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+        I::IntoIter: Send + 'static,
+    {
+        self.stream::<F, A, I>(&task, items, chunksize, false)
     }
 
     /// Stops accepting work. Queued work still runs; then workers exit.
@@ -271,7 +524,8 @@ impl Pool {
         self.shared.close();
     }
 
-    /// Kills the workers now. Queued and running work ends with an error.
+    /// Kills the workers now. Queued and running work ends with
+    /// [`Error::PoolClosed`]; every pending result and stream is woken with it.
     pub fn terminate(&self) {
         self.shared.terminate();
     }
@@ -296,25 +550,24 @@ impl Pool {
         }
     }
 
-    /// Encodes, chunks, queues and collects one call.
-    fn run_many<F, A, B, R>(
+    /// Encodes and chunks all items, queues them, and returns the pending outcome.
+    fn submit_all<F, A, B, T, R>(
         &self,
         _task: &F,
         items: impl IntoIterator<Item = B>,
         chunksize: Option<usize>,
-    ) -> Result<Vec<R>, Error>
+        finish: fn(Vec<T>) -> Result<R, Error>,
+        callbacks: Callbacks<R>,
+    ) -> Result<AsyncResult<R>, Error>
     where
         F: 'static,
         A: Serialize,
         B: Borrow<A>,
-        R: DeserializeOwned,
+        T: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
     {
-        if chunksize == Some(0) {
-            return Err(Error::InvalidArgument(
-                "chunksize must be at least 1, got 0".into(),
-            ));
-        }
         let entry = entry_of::<F>()?;
+        let chunksize = check_chunksize(chunksize)?;
         let encoded = encode::<A, B>(entry, items.into_iter(), chunksize, self.processes())?;
         let max_chunk = self.shared.config.link.max_frame - HEADER_ROOM;
         if let Some(c) = encoded.chunks.iter().find(|c| c.bytes.len() > max_chunk) {
@@ -327,33 +580,77 @@ impl Pool {
                 max_chunk
             )));
         }
-        let total = encoded.len;
-        if total == 0 {
-            return Ok(Vec::new());
+        if self.shared.is_closed() {
+            return Err(Error::PoolClosed);
         }
-        let (tx, rx) = mpsc::channel();
         let job = Arc::new(Job::default());
+        let collector = Collector::<T, R>::new(
+            entry.name(),
+            Arc::clone(&job),
+            encoded.len,
+            finish,
+            callbacks,
+        );
+        let sink: Arc<dyn ReplySink> = collector.clone();
         let payload = Arc::new(encoded.buf);
-        let batches: Vec<Batch> = encoded
-            .chunks
-            .into_iter()
-            .map(|c| Batch {
-                task: entry.name(),
-                first_index: c.first_index,
-                count: c.count,
-                payload: Arc::clone(&payload),
-                range: c.bytes,
-                job: Arc::clone(&job),
-                reply: tx.clone(),
-            })
-            .collect();
-        drop(tx);
+        let batches = encoded.chunks.into_iter().map(|c| Batch {
+            task: entry.name(),
+            first_index: c.first_index,
+            count: c.count,
+            payload: Arc::clone(&payload),
+            range: c.bytes,
+            job: Arc::clone(&job),
+            sink: Some(Arc::clone(&sink)),
+        });
         self.shared.submit(batches)?;
-        let result = collect(entry, &rx, total);
-        if result.is_err() {
-            job.cancel();
+        Ok(AsyncResult::new(collector))
+    }
+
+    fn stream<F, A, I>(
+        &self,
+        _task: &F,
+        items: I,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Result<Imap<F::Output>, Error>
+    where
+        F: Task<(A,)>,
+        A: Serialize + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+        I::IntoIter: Send + 'static,
+    {
+        let entry = entry_of::<F>()?;
+        let chunksize = check_chunksize(Some(chunksize))?.unwrap_or(1);
+        if self.shared.is_closed() {
+            return Err(Error::PoolClosed);
         }
-        result
+        let mut items = items.into_iter();
+        let (low, high) = items.size_hint();
+        let total = (high == Some(low)).then_some(low);
+        let mut index = 0usize;
+        let task = entry.name();
+        let source: Source = Box::new(move |buf: &mut Vec<u8>| {
+            let item = items.next()?;
+            let result =
+                protocol::push_item(buf, |b| postcard::to_io(item.borrow(), b).map(|_| ()))
+                    .map_err(|e| Error::Serialization {
+                        task: task.to_owned(),
+                        index,
+                        what: "serialized as an argument",
+                        message: e.to_string(),
+                    });
+            index += 1;
+            Some(result)
+        });
+        Ok(Imap::new(
+            Arc::clone(&self.shared),
+            task,
+            source,
+            total,
+            chunksize,
+            ordered,
+        ))
     }
 }
 
@@ -368,6 +665,19 @@ fn entry_of<F: 'static>() -> Result<&'static TaskEntry, Error> {
     registry::by_type::<F>().ok_or_else(|| Error::NotRegistered {
         name: std::any::type_name::<F>().to_owned(),
     })
+}
+
+fn check_chunksize(chunksize: Option<usize>) -> Result<Option<usize>, Error> {
+    match chunksize {
+        Some(0) => Err(Error::InvalidArgument(
+            "chunksize must be at least 1, got 0".into(),
+        )),
+        Some(c) if c > u32::MAX as usize => Err(Error::InvalidArgument(format!(
+            "chunksize must be at most {}, got {c}",
+            u32::MAX
+        ))),
+        other => Ok(other),
+    }
 }
 
 /// One chunk of encoded items.
@@ -445,97 +755,6 @@ where
         (start, first) = (end, n);
     }
     Ok(Encoded { buf, chunks, len })
-}
-
-/// Waits for the replies of one call and decodes them into input order.
-fn collect<R: DeserializeOwned>(
-    entry: &TaskEntry,
-    rx: &Receiver<Reply>,
-    total: usize,
-) -> Result<Vec<R>, Error> {
-    let mut slots: Vec<Option<R>> = Vec::with_capacity(total);
-    slots.resize_with(total, || None);
-    let mut remaining = total;
-    while remaining > 0 {
-        let reply = rx.recv().map_err(|_| Error::PoolClosed)?;
-        let count = reply.count as usize;
-        decode_reply(entry.name(), reply, |index, value| {
-            if let Some(slot) = slots.get_mut(index) {
-                *slot = Some(value);
-            }
-        })?;
-        remaining = remaining.saturating_sub(count);
-    }
-    slots
-        .into_iter()
-        .collect::<Option<Vec<R>>>()
-        .ok_or_else(|| Error::protocol("a result is missing"))
-}
-
-/// Decodes the results of one batch, handing each to `put(index, value)`; the first
-/// failed item becomes the error.
-fn decode_reply<R: DeserializeOwned>(
-    task: &str,
-    reply: Reply,
-    mut put: impl FnMut(usize, R),
-) -> Result<(), Error> {
-    let frame = reply.outcome?;
-    let mut items = Items::new(frame.items());
-    for k in 0..reply.count as usize {
-        let index = reply.first_index + k;
-        let item = items.next_item()?.ok_or_else(|| {
-            Error::protocol(format!(
-                "reply holds fewer than the {} items announced",
-                reply.count
-            ))
-        })?;
-        let (&status, body) = item
-            .split_first()
-            .ok_or_else(|| Error::protocol("empty result item"))?;
-        match status {
-            STATUS_OK => {
-                let value = postcard::from_bytes(body).map_err(|e| Error::Serialization {
-                    task: task.to_owned(),
-                    index,
-                    what: "deserialized in the parent",
-                    message: e.to_string(),
-                })?;
-                put(index, value);
-            }
-            STATUS_FAILED => {
-                let failure: ItemFailure = postcard::from_bytes(body)
-                    .map_err(|e| Error::protocol(format!("malformed task failure: {e}")))?;
-                return Err(failure_to_error(failure, task, index, reply.pid));
-            }
-            other => return Err(Error::protocol(format!("unknown result status {other}"))),
-        }
-    }
-    Ok(())
-}
-
-fn failure_to_error(failure: ItemFailure, task: &str, index: usize, pid: u32) -> Error {
-    let task = task.to_owned();
-    match failure {
-        ItemFailure::Panicked { message, location } => Error::TaskPanicked {
-            task,
-            message,
-            location,
-            index,
-            pid,
-        },
-        ItemFailure::ArgDecode(message) => Error::Serialization {
-            task,
-            index,
-            what: "deserialized in the worker",
-            message,
-        },
-        ItemFailure::OutputEncode(message) => Error::Serialization {
-            task,
-            index,
-            what: "serialized in the worker",
-            message,
-        },
-    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! parent -> worker   Batch { id, task, first_index, count } | item | item | ...
 //!                    item   = len  postcard(args tuple)
 //! worker -> parent   Hello { magic, protocol, build_id, pid }       (first frame)
+//!                    Progress { id, done }                   (only if asked)
 //!                    Done { id, count } | item | item | ...
 //!                    item   = len  status  postcard(output | ItemFailure)
 //! ```
@@ -40,6 +41,9 @@ pub enum ToWorker<'a> {
         first_index: u64,
         /// Number of items.
         count: u32,
+        /// Send a [`FromWorker::Progress`] as each item but the last starts, so the
+        /// pool can time every item (used with a task time limit).
+        progress: bool,
     },
     /// Exit cleanly.
     Shutdown,
@@ -56,6 +60,13 @@ pub enum FromWorker<'a> {
         id: u64,
         /// Number of result items.
         count: u32,
+    },
+    /// Item `done` (counted from 0 within the batch) of batch `id` has started.
+    Progress {
+        /// The batch.
+        id: u64,
+        /// Items of the batch finished so far.
+        done: u32,
     },
     /// The worker could not run batch `id` at all.
     Refused {
@@ -93,6 +104,34 @@ pub enum ItemFailure {
     ArgDecode(String),
     /// The result could not be serialized in the worker.
     OutputEncode(String),
+}
+
+impl ItemFailure {
+    /// The error a caller sees for this failure of item `index` of `task` in worker `pid`.
+    pub(crate) fn into_error(self, task: &str, index: usize, pid: u32) -> Error {
+        let task = task.to_owned();
+        match self {
+            ItemFailure::Panicked { message, location } => Error::TaskPanicked {
+                task,
+                message,
+                location,
+                index,
+                pid,
+            },
+            ItemFailure::ArgDecode(message) => Error::Serialization {
+                task,
+                index,
+                what: "deserialized in the worker",
+                message,
+            },
+            ItemFailure::OutputEncode(message) => Error::Serialization {
+                task,
+                index,
+                what: "serialized in the worker",
+                message,
+            },
+        }
+    }
 }
 
 /// Status byte of a result item.
@@ -222,6 +261,7 @@ mod tests {
             task: "a::b",
             first_index: 10,
             count: 3,
+            progress: true,
         };
         encode_header(&msg, &mut buf).unwrap();
         buf.extend_from_slice(b"rest");

@@ -2,10 +2,11 @@
 //!
 //! A driver owns one worker process at a time. It takes a batch from the queue,
 //! writes it to the worker, waits for the results and hands them to the batch's
-//! reply channel; then the next. A worker that dies or breaks the protocol is reaped
-//! and replaced by the same driver, and the batch it held gets an error. Because
-//! every queued batch holds a reply sender, a caller waiting on results is woken
-//! with an error when the pool goes away: nothing waits forever.
+//! sink; then the next. A worker that dies, breaks the protocol or runs past the
+//! task time limit is reaped and replaced by the same driver, and the batch it held
+//! gets an error. Every batch reaches its sink exactly once — run, failed, or
+//! dropped from the queue by `terminate` (see `Drop for Batch`) — so a caller
+//! waiting on results is always woken: nothing waits forever.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -34,6 +35,30 @@ pub(crate) struct Config {
     pub(crate) transport: &'static dyn Transport,
     pub(crate) link: LinkConfig,
     pub(crate) startup_timeout: Duration,
+    pub(crate) max_tasks_per_child: Option<usize>,
+    pub(crate) initializer: Option<Initializer>,
+    pub(crate) task_timeout: Option<Duration>,
+}
+
+/// A task run once in every new worker, with its encoded arguments.
+#[derive(Debug, Clone)]
+pub(crate) struct Initializer {
+    pub(crate) task: &'static str,
+    /// One length-prefixed item: the argument tuple.
+    pub(crate) payload: Vec<u8>,
+}
+
+/// Where the outcome of a batch goes.
+pub(crate) trait ReplySink: Send + Sync {
+    /// Takes the outcome of one batch. Called exactly once per batch, on a pool
+    /// thread or on the thread that dropped the batch.
+    fn deliver(&self, reply: Reply);
+}
+
+impl ReplySink for Sender<Reply> {
+    fn deliver(&self, reply: Reply) {
+        let _ = self.send(reply);
+    }
 }
 
 /// A cancellation flag shared by the batches of one call.
@@ -62,7 +87,43 @@ pub(crate) struct Batch {
     pub(crate) payload: Arc<Vec<u8>>,
     pub(crate) range: Range<usize>,
     pub(crate) job: Arc<Job>,
-    pub(crate) reply: Sender<Reply>,
+    /// Taken when the outcome is delivered; see `Drop`.
+    pub(crate) sink: Option<Arc<dyn ReplySink>>,
+}
+
+impl std::fmt::Debug for dyn ReplySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplySink")
+    }
+}
+
+impl Batch {
+    /// Hands the outcome to the sink.
+    fn complete(mut self, pid: u32, outcome: Result<ResultFrame, Error>) {
+        if let Some(sink) = self.sink.take() {
+            sink.deliver(Reply {
+                first_index: self.first_index,
+                count: self.count,
+                pid,
+                outcome,
+            });
+        }
+    }
+}
+
+impl Drop for Batch {
+    /// A batch dropped without running (the pool terminated, or the call was
+    /// abandoned) still answers its caller.
+    fn drop(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            sink.deliver(Reply {
+                first_index: self.first_index,
+                count: self.count,
+                pid: 0,
+                outcome: Err(Error::PoolClosed),
+            });
+        }
+    }
 }
 
 /// A worker's answer to a batch: the reply frame and where its items start.
@@ -148,14 +209,18 @@ impl Shared {
     /// The next batch to run; `None` when the driver should stop.
     fn next(&self) -> Option<Batch> {
         let mut state = lock(&self.state);
+        let mut cancelled = Vec::new(); // dropped after the lock is released
         loop {
             if self.is_terminating() {
                 return None;
             }
             while let Some(batch) = state.queue.pop_front() {
                 if !batch.job.is_cancelled() {
+                    drop(state);
+                    drop(cancelled);
                     return Some(batch);
                 }
+                cancelled.push(batch);
             }
             if state.closed {
                 return None;
@@ -220,12 +285,7 @@ impl Shared {
             dropped
         };
         for batch in dropped {
-            let _ = batch.reply.send(Reply {
-                first_index: batch.first_index,
-                count: batch.count,
-                pid: 0,
-                outcome: Err(why.duplicate()),
-            });
+            batch.complete(0, Err(why.duplicate()));
         }
     }
 }
@@ -235,6 +295,8 @@ impl Shared {
 enum LinkFailure {
     /// The worker went away (end of stream, broken pipe).
     Closed,
+    /// An item ran past the task time limit; `done` items of the batch had finished.
+    TimedOut { done: u32 },
     /// The worker sent something it should not have; it is killed.
     Broken(Error),
 }
@@ -248,15 +310,27 @@ impl From<Error> for LinkFailure {
     }
 }
 
+/// One chunk of work as it goes on the wire.
+struct Request<'a> {
+    task: &'static str,
+    first_index: usize,
+    count: u32,
+    items: &'a [u8],
+}
+
 /// One live worker process and the link to it.
 struct Connection {
     link: Link,
     pid: u32,
     slot: usize,
+    /// Items run by this worker, for `max_tasks_per_child`.
+    items_done: usize,
+    header: Vec<u8>,
 }
 
 impl Connection {
-    /// Starts a worker for driver `slot` and completes the handshake.
+    /// Starts a worker for driver `slot`, completes the handshake and runs the
+    /// initializer.
     fn start(shared: &Shared, slot: usize) -> Result<Connection, Error> {
         let config = &shared.config;
         let mut command = Command::new("/proc/self/exe");
@@ -278,20 +352,35 @@ impl Connection {
         let (child, link) = config.transport.spawn(command, config.link)?;
         let pid = child.id();
         *lock(&shared.children[slot]) = Some(child);
-        let mut conn = Connection { link, pid, slot };
+        let mut conn = Connection {
+            link,
+            pid,
+            slot,
+            items_done: 0,
+            header: Vec::with_capacity(128),
+        };
         if shared.is_terminating() {
             conn.reap(shared);
             return Err(Error::PoolClosed);
         }
-        match conn.handshake(config.startup_timeout) {
+        let ready = conn
+            .handshake(config.startup_timeout)
+            .and_then(|()| conn.initialize(shared));
+        match ready {
             Ok(()) => Ok(conn),
-            Err(e) => {
+            Err(failure) => {
                 let exit = conn.reap(shared);
-                Err(match e {
+                Err(match failure {
                     LinkFailure::Closed => Error::Startup(format!(
                         "worker {pid} {exit} before the handshake: make procpool::init() the first \
                          line of main (or use #[procpool::main] / procpool::test_support!())"
                     )),
+                    LinkFailure::TimedOut { .. } => Error::Timeout {
+                        task: config.initializer.as_ref().map(|i| i.task.to_owned()),
+                        index: None,
+                        pid: Some(pid),
+                        after: config.task_timeout.unwrap_or(config.startup_timeout),
+                    },
                     LinkFailure::Broken(e) => e,
                 })
             }
@@ -349,56 +438,90 @@ impl Connection {
         }
     }
 
-    /// Runs one batch on this worker.
-    fn run(
+    /// Runs the pool's initializer, if any; a failure keeps the worker out of the pool.
+    fn initialize(&mut self, shared: &Shared) -> Result<(), LinkFailure> {
+        let Some(init) = &shared.config.initializer else {
+            return Ok(());
+        };
+        let request = Request {
+            task: init.task,
+            first_index: 0,
+            count: 1,
+            items: &init.payload,
+        };
+        let frame = self
+            .exchange(shared, &request)?
+            .map_err(LinkFailure::Broken)?;
+        match first_failure(&frame, init.task, self.pid) {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) | Err(e) => Err(LinkFailure::Broken(Error::InitializerFailed {
+                task: init.task.to_owned(),
+                pid: self.pid,
+                source: Box::new(e),
+            })),
+        }
+    }
+
+    /// Sends one request and waits for its answer, timing each item if the pool has
+    /// a task time limit. `Ok(Err(..))` is a batch the worker refused (it lives on).
+    fn exchange(
         &mut self,
-        batch: &Batch,
-        id: u64,
-        header: &mut Vec<u8>,
+        shared: &Shared,
+        request: &Request<'_>,
     ) -> Result<Result<ResultFrame, Error>, LinkFailure> {
+        let id = shared.next_batch.fetch_add(1, Ordering::Relaxed);
+        let timeout = shared.config.task_timeout;
         let msg = ToWorker::Batch {
             id,
-            task: batch.task,
-            first_index: batch.first_index as u64,
-            count: batch.count,
+            task: request.task,
+            first_index: request.first_index as u64,
+            count: request.count,
+            progress: timeout.is_some() && request.count > 1,
         };
-        protocol::encode_header(&msg, header)?;
-        self.link
-            .sender
-            .send(&[header, &batch.payload[batch.range.clone()]])?;
-        let mut frame = Vec::new();
-        match self.link.receiver.recv(&mut frame, None)? {
-            Received::Frame => {}
-            Received::Closed | Received::TimedOut => return Err(LinkFailure::Closed),
-        }
-        let (msg, rest) = protocol::decode_header::<FromWorker<'_>>(&frame)?;
-        let offset = frame.len() - rest.len();
-        match msg {
-            FromWorker::Done { id: got, count } if got == id && count == batch.count => {
-                Ok(Ok(ResultFrame { frame, offset }))
+        protocol::encode_header(&msg, &mut self.header)?;
+        self.link.sender.send(&[&self.header, request.items])?;
+        let mut done = 0;
+        loop {
+            let mut frame = Vec::new();
+            let deadline = timeout.map(|t| Instant::now() + t);
+            match self.link.receiver.recv(&mut frame, deadline)? {
+                Received::Frame => {}
+                Received::Closed => return Err(LinkFailure::Closed),
+                Received::TimedOut => return Err(LinkFailure::TimedOut { done }),
             }
-            FromWorker::Refused { id: got, reason } if got == id => {
-                Ok(Err(Error::protocol(reason)))
+            let (msg, rest) = protocol::decode_header::<FromWorker<'_>>(&frame)?;
+            let offset = frame.len() - rest.len();
+            match msg {
+                FromWorker::Progress { id: got, done: now } if got == id && now < request.count => {
+                    done = now;
+                }
+                FromWorker::Done { id: got, count } if got == id && count == request.count => {
+                    self.items_done += count as usize;
+                    return Ok(Ok(ResultFrame { frame, offset }));
+                }
+                FromWorker::Refused { id: got, reason } if got == id => {
+                    return Ok(Err(Error::protocol(reason)));
+                }
+                other => {
+                    return Err(LinkFailure::Broken(Error::protocol(format!(
+                        "unexpected reply to batch {id} of {} items: {other:?}",
+                        request.count
+                    ))));
+                }
             }
-            other => Err(LinkFailure::Broken(Error::protocol(format!(
-                "unexpected reply to batch {id} of {} items: {other:?}",
-                batch.count
-            )))),
         }
     }
 
     /// Stops the worker (politely unless the pool is terminating) and reaps it.
     fn shutdown(mut self, shared: &Shared) {
-        if !shared.is_terminating() {
-            let mut header = Vec::new();
-            if protocol::encode_header(&ToWorker::Shutdown, &mut header).is_ok()
-                && self.link.sender.send(&[&header]).is_ok()
-            {
-                if let Some(mut child) = lock(&shared.children[self.slot]).take() {
-                    let _ = child.wait();
-                }
-                return;
+        if !shared.is_terminating()
+            && protocol::encode_header(&ToWorker::Shutdown, &mut self.header).is_ok()
+            && self.link.sender.send(&[&self.header]).is_ok()
+        {
+            if let Some(mut child) = lock(&shared.children[self.slot]).take() {
+                let _ = child.wait();
             }
+            return;
         }
         self.reap(shared);
     }
@@ -421,6 +544,23 @@ impl Connection {
     }
 }
 
+/// The error of the first failed item of a reply, if any.
+fn first_failure(frame: &ResultFrame, task: &str, pid: u32) -> Result<Option<Error>, Error> {
+    let mut items = protocol::Items::new(frame.items());
+    while let Some(item) = items.next_item()? {
+        match item.split_first() {
+            Some((&protocol::STATUS_OK, _)) => {}
+            Some((&protocol::STATUS_FAILED, body)) => {
+                let failure: protocol::ItemFailure = postcard::from_bytes(body)
+                    .map_err(|e| Error::protocol(format!("malformed task failure: {e}")))?;
+                return Ok(Some(failure.into_error(task, 0, pid)));
+            }
+            _ => return Err(Error::protocol("malformed result item")),
+        }
+    }
+    Ok(None)
+}
+
 /// The body of driver thread `slot`. Reports the first worker's start-up through
 /// `started`, then serves the queue until the pool closes.
 pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32, Error>>) {
@@ -436,38 +576,35 @@ pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32
         }
     };
     drop(started);
-    let mut header = Vec::with_capacity(128);
     while let Some(batch) = shared.next() {
-        let id = shared.next_batch.fetch_add(1, Ordering::Relaxed);
-        let (outcome, replace) = match conn.run(&batch, id, &mut header) {
+        let request = Request {
+            task: batch.task,
+            first_index: batch.first_index,
+            count: batch.count,
+            items: &batch.payload[batch.range.clone()],
+        };
+        let (outcome, worker_gone) = match conn.exchange(&shared, &request) {
             Ok(outcome) => (outcome, false),
             Err(failure) => {
                 let exit = conn.reap(&shared);
-                let error = if shared.is_terminating() {
-                    Error::PoolClosed
-                } else {
-                    match failure {
-                        LinkFailure::Closed => Error::WorkerDied {
-                            task: batch.task.to_owned(),
-                            pid: conn.pid,
-                            exit,
-                            index: batch.first_index,
-                        },
-                        LinkFailure::Broken(e) => e,
-                    }
-                };
-                (Err(error), true)
+                (
+                    Err(failure_error(&shared, &batch, conn.pid, exit, failure)),
+                    true,
+                )
             }
         };
-        let _ = batch.reply.send(Reply {
-            first_index: batch.first_index,
-            count: batch.count,
-            pid: conn.pid,
-            outcome,
-        });
-        if replace {
-            if shared.is_terminating() {
-                return;
+        let pid = conn.pid;
+        batch.complete(pid, outcome);
+        if shared.is_terminating() {
+            break;
+        }
+        let recycle = shared
+            .config
+            .max_tasks_per_child
+            .is_some_and(|max| conn.items_done >= max);
+        if worker_gone || recycle {
+            if recycle {
+                conn.shutdown(&shared);
             }
             conn = match Connection::start(&shared, slot) {
                 Ok(conn) => conn,
@@ -479,4 +616,32 @@ pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32
         }
     }
     conn.shutdown(&shared);
+}
+
+/// The error a batch gets when its worker failed.
+fn failure_error(
+    shared: &Shared,
+    batch: &Batch,
+    pid: u32,
+    exit: WorkerExit,
+    failure: LinkFailure,
+) -> Error {
+    if shared.is_terminating() {
+        return Error::PoolClosed;
+    }
+    match failure {
+        LinkFailure::Closed => Error::WorkerDied {
+            task: batch.task.to_owned(),
+            pid,
+            exit,
+            index: batch.first_index,
+        },
+        LinkFailure::TimedOut { done } => Error::Timeout {
+            task: Some(batch.task.to_owned()),
+            index: Some(batch.first_index + done as usize),
+            pid: Some(pid),
+            after: shared.config.task_timeout.unwrap_or_default(),
+        },
+        LinkFailure::Broken(e) => e,
+    }
 }

@@ -54,11 +54,15 @@ impl Worker {
                 Received::TimedOut => continue,
             }
             let (msg, payload) = protocol::decode_header::<ToWorker<'_>>(&frame)?;
-            let (id, task, count) = match msg {
+            let (id, task, count, progress) = match msg {
                 ToWorker::Shutdown => return Ok(()),
                 ToWorker::Batch {
-                    id, task, count, ..
-                } => (id, task, count),
+                    id,
+                    task,
+                    count,
+                    progress,
+                    ..
+                } => (id, task, count, progress),
             };
             let entry = match cached
                 .filter(|e| e.name() == task)
@@ -73,7 +77,14 @@ impl Worker {
             };
             cached = Some(entry);
             results.clear();
-            run_batch(entry, payload, count, &mut results)?;
+            let mut started = |done: u32| -> Result<(), Error> {
+                if progress && done > 0 {
+                    protocol::encode_header(&FromWorker::Progress { id, done }, &mut header)?;
+                    self.link.sender.send(&[&header])?;
+                }
+                Ok(())
+            };
+            run_batch(entry, payload, count, &mut results, &mut started)?;
             // Let what tasks printed out before their results arrive.
             let _ = std::io::stdout().flush();
             protocol::encode_header(&FromWorker::Done { id, count }, &mut header)?;
@@ -93,15 +104,18 @@ impl Worker {
     }
 }
 
-/// Runs `count` items of `entry` from `payload`, appending one result item each.
+/// Runs `count` items of `entry` from `payload`, appending one result item each;
+/// `started(k)` is called before item `k` runs.
 fn run_batch(
     entry: &TaskEntry,
     payload: &[u8],
     count: u32,
     out: &mut Vec<u8>,
+    started: &mut dyn FnMut(u32) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let mut items = Items::new(payload);
-    for _ in 0..count {
+    for k in 0..count {
+        started(k)?;
         let input = items.next_item()?.ok_or_else(|| {
             Error::protocol(format!("batch announced {count} items but holds fewer"))
         })?;

@@ -1,0 +1,217 @@
+//! Lazy, streaming maps: [`Imap`], behind `Pool::imap` and `Pool::imap_unordered`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::result::{self, Progress};
+use crate::scheduler::{Batch, Job, Reply, ReplySink, Shared};
+
+/// Encodes the next input item into the buffer; `None` at the end of the input.
+pub(crate) type Source = Box<dyn FnMut(&mut Vec<u8>) -> Option<Result<(), Error>> + Send>;
+
+/// Chunks kept in flight per worker process.
+const CHUNKS_PER_WORKER: usize = 4;
+
+/// The results of `imap` (input order) or `imap_unordered` (completion order), one
+/// `Result` per item.
+///
+/// The input is read lazily: at most `4 × processes × chunksize` items are taken from
+/// it ahead of what you have consumed, so an endless or huge iterator streams in
+/// constant memory (Python's `imap` reads its whole input into a queue). A failed
+/// item yields its error and the stream goes on; if the pool is closed or dropped
+/// the stream yields [`Error::PoolClosed`] and ends, never hangs. Dropping the
+/// iterator cancels the chunks not yet started.
+pub struct Imap<R> {
+    shared: Arc<Shared>,
+    task: &'static str,
+    source: Option<Source>,
+    chunksize: usize,
+    /// Most items read ahead of the consumer.
+    ahead: usize,
+    ordered: bool,
+    job: Arc<Job>,
+    sink: Arc<dyn ReplySink>,
+    replies: Receiver<Reply>,
+    /// Items read from the input / handed to the consumer.
+    read: usize,
+    yielded: usize,
+    in_flight: usize,
+    /// Ordered mode: chunks that arrived early, by first index.
+    early: BTreeMap<usize, Vec<Result<R, Error>>>,
+    next_expected: usize,
+    ready: VecDeque<Result<R, Error>>,
+    /// An error to yield once everything before it has been yielded.
+    last_error: Option<Error>,
+    total: Option<usize>,
+    started: Instant,
+    on_progress: Option<Box<dyn FnMut(Progress) + Send>>,
+}
+
+impl<R> std::fmt::Debug for Imap<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("task", &self.task)
+            .field("ordered", &self.ordered)
+            .field("chunksize", &self.chunksize)
+            .field("read", &self.read)
+            .field("yielded", &self.yielded)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: DeserializeOwned> Imap<R> {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        task: &'static str,
+        source: Source,
+        total: Option<usize>,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Self {
+        let (tx, replies): (Sender<Reply>, _) = mpsc::channel();
+        let ahead = CHUNKS_PER_WORKER
+            .saturating_mul(shared.config.processes)
+            .saturating_mul(chunksize);
+        Imap {
+            shared,
+            task,
+            source: Some(source),
+            chunksize,
+            ahead,
+            ordered,
+            job: Arc::new(Job::default()),
+            sink: Arc::new(tx),
+            replies,
+            read: 0,
+            yielded: 0,
+            in_flight: 0,
+            early: BTreeMap::new(),
+            next_expected: 0,
+            ready: VecDeque::new(),
+            last_error: None,
+            total,
+            started: Instant::now(),
+            on_progress: None,
+        }
+    }
+
+    /// Calls `f` on the consuming thread each time a chunk of results arrives.
+    pub fn with_progress(mut self, f: impl FnMut(Progress) + Send + 'static) -> Self {
+        self.on_progress = Some(Box::new(f));
+        self
+    }
+
+    /// Items taken from the input so far (for tests and diagnostics).
+    pub fn items_read(&self) -> usize {
+        self.read
+    }
+
+    /// Reads and submits chunks while the read-ahead allows.
+    fn fill(&mut self) {
+        while self.read - self.yielded + self.chunksize <= self.ahead.max(self.chunksize) {
+            let Some(source) = self.source.as_mut() else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut count = 0u32;
+            while (count as usize) < self.chunksize {
+                match source(&mut buf) {
+                    None => {
+                        self.source = None;
+                        break;
+                    }
+                    Some(Ok(())) => count += 1,
+                    Some(Err(e)) => {
+                        self.last_error = Some(e);
+                        self.source = None;
+                        break;
+                    }
+                }
+            }
+            if count == 0 {
+                return;
+            }
+            let batch = Batch {
+                task: self.task,
+                first_index: self.read,
+                count,
+                range: 0..buf.len(),
+                payload: Arc::new(buf),
+                job: Arc::clone(&self.job),
+                sink: Some(Arc::clone(&self.sink)),
+            };
+            self.read += count as usize;
+            match self.shared.submit(std::iter::once(batch)) {
+                Ok(()) => self.in_flight += 1,
+                Err(e) => {
+                    self.last_error = Some(e);
+                    self.source = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self, reply: Reply) {
+        self.in_flight -= 1;
+        let first = reply.first_index;
+        let mut items = Vec::with_capacity(reply.count as usize);
+        result::decode_reply(self.task, reply, |_, r| items.push(r));
+        if self.ordered {
+            self.early.insert(first, items);
+            while let Some(chunk) = self.early.remove(&self.next_expected) {
+                self.next_expected += chunk.len();
+                self.ready.extend(chunk);
+            }
+        } else {
+            self.ready.extend(items);
+        }
+        if let Some(f) = self.on_progress.as_mut() {
+            let done =
+                self.yielded + self.ready.len() + self.early.values().map(Vec::len).sum::<usize>();
+            f(Progress {
+                done,
+                total: self.total,
+                elapsed: self.started.elapsed(),
+            });
+        }
+    }
+}
+
+impl<R: DeserializeOwned> Iterator for Imap<R> {
+    type Item = Result<R, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                self.yielded += 1;
+                self.fill();
+                return Some(item);
+            }
+            self.fill();
+            if self.in_flight == 0 {
+                return self.last_error.take().map(Err);
+            }
+            // Every submitted chunk answers exactly once (run, failed or dropped),
+            // and this iterator holds a sender, so this cannot disconnect.
+            let reply = self.replies.recv().ok()?;
+            self.receive(reply);
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.total.map(|t| t.saturating_sub(self.yielded));
+        (self.ready.len(), left)
+    }
+}
+
+impl<R> Drop for Imap<R> {
+    fn drop(&mut self) {
+        self.job.cancel();
+    }
+}

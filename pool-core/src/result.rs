@@ -1,0 +1,395 @@
+//! Results that arrive later: [`AsyncResult`], its [`Callbacks`], and the collector
+//! that turns batch replies into one typed outcome.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::protocol::{self, Items, STATUS_FAILED, STATUS_OK};
+use crate::scheduler::{Job, Reply, ReplySink, lock};
+
+/// How far a call has got, for progress hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Items finished (successfully or not).
+    pub done: usize,
+    /// Items in the call, when known (`imap` over an iterator of unknown length: `None`).
+    pub total: Option<usize>,
+    /// Time since the call was submitted.
+    pub elapsed: Duration,
+}
+
+type SuccessFn<R> = Box<dyn FnOnce(&R) + Send>;
+type ErrorFn = Box<dyn FnOnce(&Error) + Send>;
+type ProgressFn = Box<dyn FnMut(Progress) + Send>;
+
+/// Functions run when an asynchronous call progresses or completes, like the
+/// `callback` and `error_callback` of Python's `apply_async`.
+///
+/// They run on one of the pool's threads, before the [`AsyncResult`] becomes ready,
+/// while that result is locked: keep them short, and do not call methods of the
+/// same `AsyncResult` from them (calling the pool is fine). A callback that panics
+/// is contained: the pool goes on.
+pub struct Callbacks<R> {
+    on_success: Option<SuccessFn<R>>,
+    on_error: Option<ErrorFn>,
+    on_progress: Option<ProgressFn>,
+}
+
+impl<R> Default for Callbacks<R> {
+    fn default() -> Self {
+        Callbacks {
+            on_success: None,
+            on_error: None,
+            on_progress: None,
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for Callbacks<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Callbacks")
+            .field("on_success", &self.on_success.is_some())
+            .field("on_error", &self.on_error.is_some())
+            .field("on_progress", &self.on_progress.is_some())
+            .finish()
+    }
+}
+
+impl<R> Callbacks<R> {
+    /// No callback.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Run with the result when the call succeeds (Python's `callback`).
+    pub fn on_success(mut self, f: impl FnOnce(&R) + Send + 'static) -> Self {
+        self.on_success = Some(Box::new(f));
+        self
+    }
+
+    /// Run with the error when the call fails (Python's `error_callback`).
+    pub fn on_error(mut self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
+        self.on_error = Some(Box::new(f));
+        self
+    }
+
+    /// Run each time a chunk of items finishes.
+    pub fn on_progress(mut self, f: impl FnMut(Progress) + Send + 'static) -> Self {
+        self.on_progress = Some(Box::new(f));
+        self
+    }
+}
+
+/// Runs a user callback, containing its panic.
+fn contained(f: impl FnOnce()) {
+    let _ = panic::catch_unwind(AssertUnwindSafe(f));
+}
+
+/// Decodes one reply, calling `put(index, result)` for each of its items in order.
+/// A failed batch gives each of its items the batch's error.
+pub(crate) fn decode_reply<R: DeserializeOwned>(
+    task: &str,
+    reply: Reply,
+    mut put: impl FnMut(usize, Result<R, Error>),
+) {
+    let first = reply.first_index;
+    let count = reply.count as usize;
+    let frame = match reply.outcome {
+        Ok(frame) => frame,
+        Err(e) => {
+            for index in first..first + count {
+                put(index, Err(e.duplicate()));
+            }
+            return;
+        }
+    };
+    let mut items = Items::new(frame.items());
+    for index in first..first + count {
+        let result = match items.next_item() {
+            Ok(Some(item)) => decode_item(task, item, index, reply.pid),
+            Ok(None) => Err(Error::protocol(format!(
+                "reply holds fewer than the {count} items announced"
+            ))),
+            Err(e) => Err(e),
+        };
+        put(index, result);
+    }
+}
+
+fn decode_item<R: DeserializeOwned>(
+    task: &str,
+    item: &[u8],
+    index: usize,
+    pid: u32,
+) -> Result<R, Error> {
+    match item.split_first() {
+        Some((&STATUS_OK, body)) => postcard::from_bytes(body).map_err(|e| Error::Serialization {
+            task: task.to_owned(),
+            index,
+            what: "deserialized in the parent",
+            message: e.to_string(),
+        }),
+        Some((&STATUS_FAILED, body)) => {
+            let failure: protocol::ItemFailure = postcard::from_bytes(body)
+                .map_err(|e| Error::protocol(format!("malformed task failure: {e}")))?;
+            Err(failure.into_error(task, index, pid))
+        }
+        Some((other, _)) => Err(Error::protocol(format!("unknown result status {other}"))),
+        None => Err(Error::protocol("empty result item")),
+    }
+}
+
+/// Collects the replies of one call into its outcome: the items in input order,
+/// turned into `R` by `finish` (`Vec<T>` for `map`, the single `T` for `apply`).
+pub(crate) struct Collector<T, R> {
+    task: &'static str,
+    job: Arc<Job>,
+    total: usize,
+    started: Instant,
+    finish: fn(Vec<T>) -> Result<R, Error>,
+    state: Mutex<CollectState<T, R>>,
+    ready: Condvar,
+}
+
+struct CollectState<T, R> {
+    slots: Vec<Option<T>>,
+    remaining: usize,
+    outcome: Option<Result<R, Error>>,
+    taken: bool,
+    callbacks: Callbacks<R>,
+}
+
+impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
+    pub(crate) fn new(
+        task: &'static str,
+        job: Arc<Job>,
+        total: usize,
+        finish: fn(Vec<T>) -> Result<R, Error>,
+        callbacks: Callbacks<R>,
+    ) -> Arc<Self> {
+        let mut slots = Vec::with_capacity(total);
+        slots.resize_with(total, || None);
+        let collector = Arc::new(Collector {
+            task,
+            job,
+            total,
+            started: Instant::now(),
+            finish,
+            state: Mutex::new(CollectState {
+                slots,
+                remaining: total,
+                outcome: None,
+                taken: false,
+                callbacks,
+            }),
+            ready: Condvar::new(),
+        });
+        if total == 0 {
+            let mut state = lock(&collector.state);
+            collector.settle(&mut state, None);
+        }
+        collector
+    }
+
+    /// Sets the outcome once every item is in (or `error`), runs the callbacks and
+    /// wakes the waiters.
+    fn settle(&self, state: &mut CollectState<T, R>, error: Option<Error>) {
+        if state.outcome.is_some() {
+            return;
+        }
+        let outcome = match error {
+            Some(e) => {
+                self.job.cancel();
+                Err(e)
+            }
+            None if state.remaining == 0 => std::mem::take(&mut state.slots)
+                .into_iter()
+                .collect::<Option<Vec<T>>>()
+                .ok_or_else(|| Error::protocol("a result is missing"))
+                .and_then(self.finish),
+            None => return,
+        };
+        match &outcome {
+            Ok(value) => {
+                if let Some(f) = state.callbacks.on_success.take() {
+                    contained(|| f(value));
+                }
+            }
+            Err(e) => {
+                if let Some(f) = state.callbacks.on_error.take() {
+                    contained(|| f(e));
+                }
+            }
+        }
+        state.outcome = Some(outcome);
+        self.ready.notify_all();
+    }
+}
+
+impl<T: DeserializeOwned + Send, R: Send> ReplySink for Collector<T, R> {
+    fn deliver(&self, reply: Reply) {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if state.outcome.is_some() {
+            return;
+        }
+        let count = reply.count as usize;
+        let mut error = None;
+        decode_reply(self.task, reply, |index, result| match result {
+            Ok(value) => {
+                if let Some(slot) = state.slots.get_mut(index) {
+                    *slot = Some(value);
+                }
+            }
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        });
+        state.remaining = state.remaining.saturating_sub(count);
+        if let Some(f) = state.callbacks.on_progress.as_mut() {
+            let progress = Progress {
+                done: self.total - state.remaining,
+                total: Some(self.total),
+                elapsed: self.started.elapsed(),
+            };
+            contained(|| f(progress));
+        }
+        self.settle(state, error);
+    }
+}
+
+/// The waiting side of a [`Collector`], without its item type.
+trait Outcome<R>: Send + Sync {
+    /// Waits until the outcome is set or `deadline` passes; true if set.
+    fn wait_until(&self, deadline: Option<Instant>) -> bool;
+    /// Takes the outcome; `None` if not set or taken already.
+    fn take(&self) -> Option<Result<R, Error>>;
+    /// `Some(true)` if set and `Ok`, `Some(false)` if set and `Err`, `None` if not set.
+    fn succeeded(&self) -> Option<bool>;
+}
+
+impl<T: DeserializeOwned + Send, R: Send> Outcome<R> for Collector<T, R> {
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let mut state = lock(&self.state);
+        while state.outcome.is_none() && !state.taken {
+            match deadline {
+                None => {
+                    state = self
+                        .ready
+                        .wait(state)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    state = self
+                        .ready
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0;
+                }
+            }
+        }
+        true
+    }
+
+    fn take(&self) -> Option<Result<R, Error>> {
+        let mut state = lock(&self.state);
+        let outcome = state.outcome.take();
+        if outcome.is_some() {
+            state.taken = true;
+        }
+        outcome
+    }
+
+    fn succeeded(&self) -> Option<bool> {
+        let state = lock(&self.state);
+        state.outcome.as_ref().map(Result::is_ok)
+    }
+}
+
+/// The result of `apply_async`, `map_async` or `starmap_async`: ready later.
+///
+/// It does not borrow the pool and may outlive it: if the pool is terminated or
+/// dropped first, the result is an [`Error::PoolClosed`], never a hang.
+pub struct AsyncResult<R> {
+    outcome: Arc<dyn Outcome<R>>,
+    task: &'static str,
+}
+
+impl<R> std::fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("task", &self.task)
+            .field("ready", &self.ready())
+            .finish()
+    }
+}
+
+impl<R: Send + 'static> AsyncResult<R> {
+    pub(crate) fn new<T: DeserializeOwned + Send + 'static>(
+        collector: Arc<Collector<T, R>>,
+    ) -> Self {
+        let task = collector.task;
+        AsyncResult {
+            outcome: collector,
+            task,
+        }
+    }
+}
+
+impl<R> AsyncResult<R> {
+    /// True once the call has finished, successfully or not.
+    pub fn ready(&self) -> bool {
+        self.outcome.wait_until(Some(Instant::now()))
+    }
+
+    /// `Some(true)` if the call finished successfully, `Some(false)` if it failed,
+    /// `None` while it runs (Python raises `ValueError` there).
+    pub fn successful(&self) -> Option<bool> {
+        self.outcome.succeeded()
+    }
+
+    /// Blocks until the call has finished.
+    pub fn wait(&self) {
+        self.outcome.wait_until(None);
+    }
+
+    /// Blocks until the call has finished or `timeout` passes; true if finished.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.outcome.wait_until(Some(Instant::now() + timeout))
+    }
+
+    /// Blocks until the call has finished and returns its result.
+    pub fn get(self) -> Result<R, Error> {
+        self.outcome.wait_until(None);
+        self.outcome.take().unwrap_or_else(|| Err(already_taken()))
+    }
+
+    /// Waits up to `timeout` for the result. If the call is not done by then, this
+    /// is an [`Error::Timeout`] and the handle stays usable; a result returned
+    /// (`Ok` or the call's own error) is spent, and asking again is an
+    /// [`Error::InvalidArgument`].
+    pub fn get_timeout(&mut self, timeout: Duration) -> Result<R, Error> {
+        if !self.outcome.wait_until(Some(Instant::now() + timeout)) {
+            return Err(Error::Timeout {
+                task: Some(self.task.to_owned()),
+                index: None,
+                pid: None,
+                after: timeout,
+            });
+        }
+        self.outcome.take().unwrap_or_else(|| Err(already_taken()))
+    }
+}
+
+fn already_taken() -> Error {
+    Error::InvalidArgument("this result was already returned by get_timeout".into())
+}
