@@ -7,3 +7,4 @@ mod failure;
 mod lifecycle;
 mod macros;
 mod protocol;
+mod python_api;

@@ -12,7 +12,10 @@
 //! Users depend on the `procpool` facade, which wires the transports in; this crate
 //! is for transport implementers.
 #![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "progress")]
+mod bar;
 mod error;
 mod imap;
 mod pool;
