@@ -26,7 +26,7 @@ fn pid_of(_item: u32) -> u32 {
 
 #[pool_task]
 fn odd_panics(n: u64) -> u64 {
-    assert!(n % 2 == 0, "odd {n}");
+    assert!(n.is_multiple_of(2), "odd {n}");
     n
 }
 
