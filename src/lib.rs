@@ -58,8 +58,11 @@
 //!
 //! - `pipe` (default): anonymous pipes with length-prefixed postcard frames
 //!   ([`pipe`] module, [`Transport::Pipe`]).
-//! - `ipc`: servo's ipc-channel. Work in progress: the crate is a skeleton and no
-//!   [`Transport`] variant selects it yet.
+//! - `ipc`: servo's ipc-channel ([`ipc`] module, `Transport::Ipc`). With both
+//!   features, pipe is the default and `Pool::builder().transport(Transport::Ipc)`
+//!   picks ipc; `default-features = false, features = ["ipc"]` compiles no pipe code.
+//! - `progress`: progress bars drawn with indicatif (`Pool::map_progress`,
+//!   `Imap::progress_bar`).
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -78,7 +81,7 @@ pub use procpool_macros::{main, pool_task};
 #[cfg_attr(docsrs, doc(cfg(feature = "pipe")))]
 pub use procpool_transport_pipe as pipe;
 
-/// The ipc-channel transport crate (a skeleton for now).
+/// The ipc-channel transport crate.
 #[cfg(feature = "ipc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ipc")))]
 pub use procpool_transport_ipc as ipc;
@@ -87,14 +90,19 @@ pub use procpool_transport_ipc as ipc;
 static TRANSPORTS: &[&dyn procpool_core::Transport] = &[
     #[cfg(feature = "pipe")]
     &procpool_transport_pipe::PIPE,
+    #[cfg(feature = "ipc")]
+    &procpool_transport_ipc::IPC,
 ];
 
 /// Which transport a pool uses: one variant per compiled-in transport.
 ///
 /// ```rust,no_run
+/// # #[cfg(feature = "ipc")]
 /// # fn main() -> Result<(), procpool::Error> {
-/// let pool = procpool::Pool::builder().transport(procpool::Transport::Pipe).build()?;
+/// let pool = procpool::Pool::builder().transport(procpool::Transport::Ipc).build()?;
 /// # Ok(()) }
+/// # #[cfg(not(feature = "ipc"))]
+/// # fn main() {}
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -103,6 +111,10 @@ pub enum Transport {
     #[cfg(feature = "pipe")]
     #[cfg_attr(docsrs, doc(cfg(feature = "pipe")))]
     Pipe,
+    /// servo's ipc-channel (the default only when `pipe` is not compiled in).
+    #[cfg(feature = "ipc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "ipc")))]
+    Ipc,
 }
 
 impl procpool_core::IntoTransport for Transport {
@@ -110,6 +122,8 @@ impl procpool_core::IntoTransport for Transport {
         match self {
             #[cfg(feature = "pipe")]
             Transport::Pipe => &procpool_transport_pipe::PIPE,
+            #[cfg(feature = "ipc")]
+            Transport::Ipc => &procpool_transport_ipc::IPC,
         }
     }
 }

@@ -1,122 +1,141 @@
-//! A "worker" that does not speak the protocol gets an `Error::Protocol`, not a hang.
+//! A "worker" that does not speak the protocol gets an `Error::Protocol`, not a hang;
+//! a pool whose workers cannot be replaced fails calls instead of waiting.
 
-use std::io::BufReader;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
-use procpool::pipe::frame;
 use procpool::{Error, Pool};
-use procpool_core::{FrameReceiver, FrameSender, Link, LinkConfig, Received, Transport};
+use procpool_core::{Link, LinkConfig, Transport};
 
-/// Starts `sh -c SCRIPT` instead of a worker; its stdout is the link back.
-#[derive(Debug)]
-struct Impostor(&'static str);
+/// Impostors write the pipe transport's framing.
+#[cfg(feature = "pipe")]
+mod impostor {
+    use std::io::BufReader;
+    use std::process::{Child, ChildStdout, Command, Stdio};
+    use std::time::Instant;
 
-struct Discard;
+    use procpool::{Error, Pool};
+    use procpool_core::{FrameReceiver, FrameSender, Link, LinkConfig, Received, Transport};
 
-impl FrameSender for Discard {
-    fn send(&mut self, _: &[&[u8]]) -> Result<(), Error> {
-        Ok(())
+    /// Starts `sh -c SCRIPT` instead of a worker; its stdout is the link back, in the
+    /// pipe transport's framing.
+    #[derive(Debug)]
+    struct Impostor(&'static str);
+
+    struct Discard;
+
+    impl FrameSender for Discard {
+        fn send(&mut self, _: &[&[u8]]) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    struct Stdout(BufReader<ChildStdout>, usize);
+
+    impl FrameReceiver for Stdout {
+        fn recv(&mut self, buf: &mut Vec<u8>, _: Option<Instant>) -> Result<Received, Error> {
+            procpool::pipe::frame::read_frame(&mut self.0, buf, self.1)
+        }
+    }
+
+    impl Transport for Impostor {
+        fn name(&self) -> &'static str {
+            "impostor"
+        }
+
+        fn spawn(&self, _: Command, config: LinkConfig) -> Result<(Child, Link), Error> {
+            let mut child = Command::new("sh")
+                .arg("-c")
+                .arg(self.0)
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let out = child.stdout.take().expect("piped");
+            let link = Link {
+                sender: Box::new(Discard),
+                receiver: Box::new(Stdout(BufReader::new(out), config.max_frame)),
+            };
+            Ok((child, link))
+        }
+
+        fn connect(&self, _: LinkConfig) -> Result<Link, Error> {
+            Err(Error::Startup("an impostor has no worker side".into()))
+        }
+    }
+
+    static GARBAGE: Impostor = Impostor(r"printf '\003\000\000\000\377\377\377'; exec sleep 5");
+    static TRUNCATED: Impostor = Impostor(r"printf '\010\000\000\000abc'");
+    static HUGE: Impostor = Impostor(r"printf '\377\377\377\177'; exec sleep 5");
+    static SILENT: Impostor = Impostor("exit 3");
+
+    fn start(t: &'static Impostor) -> Error {
+        Pool::builder()
+            .processes(1)
+            .transport(t as &'static dyn Transport)
+            .build()
+            .unwrap_err()
+    }
+
+    #[test]
+    fn garbage_truncated_and_oversized_frames_are_protocol_errors() {
+        let e = start(&GARBAGE);
+        assert!(
+            matches!(&e, Error::Protocol(m) if m.contains("malformed")),
+            "{e:?}"
+        );
+        let e = start(&TRUNCATED);
+        assert!(
+            matches!(&e, Error::Protocol(m) if m.contains("got 3 of 8")),
+            "{e:?}"
+        );
+        let e = start(&HUGE);
+        assert!(
+            matches!(&e, Error::Protocol(m) if m.contains("over the limit")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_worker_that_exits_before_the_handshake_is_a_startup_error() {
+        let e = start(&SILENT);
+        assert!(
+            matches!(&e, Error::Startup(m) if m.contains("exited with code 3")),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("procpool::init()"),
+            "the message says what to check: {e}"
+        );
     }
 }
 
-struct Stdout(BufReader<ChildStdout>, usize);
-
-impl FrameReceiver for Stdout {
-    fn recv(&mut self, buf: &mut Vec<u8>, _: Option<Instant>) -> Result<Received, Error> {
-        frame::read_frame(&mut self.0, buf, self.1)
-    }
-}
-
-impl Transport for Impostor {
-    fn name(&self) -> &'static str {
-        "impostor"
-    }
-
-    fn spawn(&self, _: Command, config: LinkConfig) -> Result<(Child, Link), Error> {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(self.0)
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let out = child.stdout.take().expect("piped");
-        let link = Link {
-            sender: Box::new(Discard),
-            receiver: Box::new(Stdout(BufReader::new(out), config.max_frame)),
-        };
-        Ok((child, link))
-    }
-
-    fn connect(&self, _: LinkConfig) -> Result<Link, Error> {
-        Err(Error::Startup("an impostor has no worker side".into()))
-    }
-}
-
-static GARBAGE: Impostor = Impostor(r"printf '\003\000\000\000\377\377\377'; exec sleep 5");
-static TRUNCATED: Impostor = Impostor(r"printf '\010\000\000\000abc'");
-static HUGE: Impostor = Impostor(r"printf '\377\377\377\177'; exec sleep 5");
-static SILENT: Impostor = Impostor("exit 3");
-
-fn start(t: &'static Impostor) -> Error {
-    Pool::builder()
-        .processes(1)
-        .transport(t as &'static dyn Transport)
-        .build()
-        .unwrap_err()
-}
-
-#[test]
-fn garbage_truncated_and_oversized_frames_are_protocol_errors() {
-    let e = start(&GARBAGE);
-    assert!(
-        matches!(&e, Error::Protocol(m) if m.contains("malformed")),
-        "{e:?}"
-    );
-    let e = start(&TRUNCATED);
-    assert!(
-        matches!(&e, Error::Protocol(m) if m.contains("got 3 of 8")),
-        "{e:?}"
-    );
-    let e = start(&HUGE);
-    assert!(
-        matches!(&e, Error::Protocol(m) if m.contains("over the limit")),
-        "{e:?}"
-    );
-}
-
-#[test]
-fn a_worker_that_exits_before_the_handshake_is_a_startup_error() {
-    let e = start(&SILENT);
-    assert!(
-        matches!(&e, Error::Startup(m) if m.contains("exited with code 3")),
-        "{e:?}"
-    );
-    assert!(
-        e.to_string().contains("procpool::init()"),
-        "the message says what to check: {e}"
-    );
-}
-
-/// The pipe transport for the first worker, then a transport that cannot start any.
+/// The default transport for the first worker, then a transport that cannot start any.
 #[derive(Debug)]
 struct OneShot(AtomicUsize);
 
+fn default_transport() -> &'static dyn Transport {
+    use procpool_core::IntoTransport;
+    #[cfg(feature = "pipe")]
+    let transport = procpool::Transport::Pipe;
+    #[cfg(not(feature = "pipe"))]
+    let transport = procpool::Transport::Ipc;
+    transport.into_transport()
+}
+
 impl Transport for OneShot {
     fn name(&self) -> &'static str {
-        procpool::pipe::PIPE.name()
+        default_transport().name()
     }
 
     fn spawn(&self, command: Command, config: LinkConfig) -> Result<(Child, Link), Error> {
         if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
-            procpool::pipe::PIPE.spawn(command, config)
+            default_transport().spawn(command, config)
         } else {
             Err(Error::Startup("no more workers today".into()))
         }
     }
 
     fn connect(&self, config: LinkConfig) -> Result<Link, Error> {
-        procpool::pipe::PIPE.connect(config)
+        default_transport().connect(config)
     }
 }
 

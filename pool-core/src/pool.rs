@@ -199,6 +199,7 @@ impl PoolBuilder {
             transport,
             link: LinkConfig {
                 max_frame: self.max_frame,
+                startup_timeout: self.startup_timeout,
             },
             startup_timeout: self.startup_timeout,
             max_tasks_per_child: self.max_tasks_per_child,

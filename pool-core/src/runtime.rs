@@ -91,6 +91,7 @@ fn serve(transports: &[&'static dyn Transport], marker: &Marker) -> Result<(), E
         })?;
     let link = transport.connect(LinkConfig {
         max_frame: marker.max_frame,
+        startup_timeout: std::time::Duration::from_secs(20),
     })?;
     Worker::new(link).serve()
 }

@@ -62,6 +62,9 @@ impl fmt::Debug for Link {
 pub struct LinkConfig {
     /// Largest frame accepted or sent, in bytes.
     pub max_frame: usize,
+    /// How long a transport may wait for a new worker to connect, when its
+    /// bootstrap needs one (the handshake frame itself is timed by the pool).
+    pub startup_timeout: std::time::Duration,
 }
 
 /// A way to talk to worker processes.
