@@ -43,3 +43,21 @@ pub fn summarize(record: Record, weight: i16) -> (u32, usize, i64) {
         i64::from(weight) * record.blob.len() as i64,
     )
 }
+
+/// A pool builder on the transport called `name` (`"pipe"`, `"ipc"`), or on the
+/// default transport for `None`.
+pub fn builder_for(name: Option<&str>) -> Result<procpool::PoolBuilder, procpool::Error> {
+    let builder = procpool::Pool::builder();
+    Ok(match name {
+        None => builder,
+        #[cfg(feature = "pipe")]
+        Some("pipe") => builder.transport(procpool::Transport::Pipe),
+        #[cfg(feature = "ipc")]
+        Some("ipc") => builder.transport(procpool::Transport::Ipc),
+        Some(other) => {
+            return Err(procpool::Error::InvalidArgument(format!(
+                "transport `{other}` is not compiled in"
+            )));
+        }
+    })
+}

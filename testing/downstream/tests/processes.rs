@@ -1,26 +1,7 @@
-//! Whole programs, run as child processes: what a user sees on the terminal, what
-//! happens without `procpool::init()`, and that workers die with their parent.
+//! Whole programs, run as child processes: what a user sees on the terminal, and
+//! what happens without `procpool::init()` (parent death is in the conformance suite).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn exists(pid: u32) -> bool {
-    // A zombie still has a /proc entry, so this also catches unreaped workers.
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Waits up to `limit` for `done`; a liveness bound, not a timing assertion.
-fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
-}
+use std::process::Command;
 
 #[test]
 fn a_task_prints_to_the_users_stdout() {
@@ -72,29 +53,5 @@ fn a_worker_that_skipped_init_does_not_start_pools_of_its_own() {
     assert!(
         (1..=2).contains(&guard_lines),
         "no recursion: {guard_lines} workers hit the guard\n{stderr}"
-    );
-}
-
-#[test]
-fn workers_die_when_their_parent_is_killed() {
-    let mut parent = Command::new(env!("CARGO_BIN_EXE_hold_pool"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(parent.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let pids: Vec<u32> = line
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
-    assert_eq!(pids.len(), 2, "{line}");
-    assert!(pids.iter().all(|&p| exists(p)));
-    parent.kill().unwrap(); // SIGKILL: no destructor runs in the parent
-    parent.wait().unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || pids.iter().all(|&p| !exists(p))),
-        "workers outlived their killed parent: {pids:?}"
     );
 }

@@ -3,6 +3,7 @@
 
 procpool::test_support!();
 
+mod conformance;
 mod cross_crate;
 mod processes;
 mod properties;

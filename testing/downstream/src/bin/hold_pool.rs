@@ -1,10 +1,11 @@
-//! Helper for tests: starts a pool, prints its worker pids, then keeps a long map
-//! running until it is killed.
+//! Helper for tests: starts a pool on the transport named by
+//! `PROCPOOL_TEST_TRANSPORT` (`pipe` or `ipc`; default: the default transport),
+//! prints its worker pids, then keeps a long map running until it is killed.
 
 use std::io::Write;
 use std::time::Duration;
 
-use procpool::{Pool, pool_task};
+use procpool::pool_task;
 
 #[pool_task]
 fn sleepy(ms: u64) -> u64 {
@@ -14,7 +15,10 @@ fn sleepy(ms: u64) -> u64 {
 
 #[procpool::main]
 fn main() -> Result<(), procpool::Error> {
-    let pool = Pool::new(2)?;
+    let pool =
+        procpool_downstream::builder_for(std::env::var("PROCPOOL_TEST_TRANSPORT").ok().as_deref())?
+            .processes(2)
+            .build()?;
     let pids: Vec<String> = pool.pids().iter().map(u32::to_string).collect();
     println!("{}", pids.join(" "));
     std::io::stdout().flush()?;

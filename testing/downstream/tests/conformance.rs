@@ -1,0 +1,312 @@
+//! The transport conformance suite: the same cases, run against every transport
+//! compiled in (`conformance::pipe::*`, `conformance::ipc::*`).
+//!
+//! Each case takes a [`Setup`] naming the transport; add a transport by adding a
+//! line to the `conformance_suite!` invocation at the bottom.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use procpool::{Error, Pool, PoolBuilder, WorkerExit, pool_task};
+
+/// Which transport a case runs on.
+#[derive(Clone, Copy)]
+struct Setup {
+    transport: &'static str,
+}
+
+impl Setup {
+    fn builder(self) -> PoolBuilder {
+        procpool_downstream::builder_for(Some(self.transport)).expect("transport compiled in")
+    }
+
+    fn pool(self, processes: usize) -> Pool {
+        self.builder()
+            .processes(processes)
+            .build()
+            .expect("pool starts")
+    }
+}
+
+#[pool_task]
+fn square(n: u64) -> u64 {
+    n * n
+}
+
+#[pool_task]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[pool_task]
+fn identity(blob: Vec<u8>) -> Vec<u8> {
+    blob
+}
+
+#[pool_task]
+fn zeros(len: usize) -> Vec<u8> {
+    vec![0; len]
+}
+
+#[pool_task]
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[pool_task]
+fn panic_on(n: u64) -> u64 {
+    assert_ne!(n, 13, "unlucky {n}");
+    n
+}
+
+#[pool_task]
+fn exit_with(code: i32) -> i32 {
+    std::process::exit(code)
+}
+
+#[pool_task]
+fn my_pid() -> u32 {
+    std::process::id()
+}
+
+fn plain(n: u64) -> u64 {
+    n
+}
+
+fn exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn every_api_call(s: Setup) {
+    let pool = s.pool(2);
+    let expected: Vec<u64> = (1..=10u64).map(|x| x * x).collect();
+    assert_eq!(pool.map(square, 1..=10u64).unwrap(), expected);
+    assert_eq!(pool.map_chunked(square, 1..=10u64, 3).unwrap(), expected);
+    assert_eq!(
+        pool.starmap(add, vec![(1u64, 2u64), (3, 4)]).unwrap(),
+        [3, 7]
+    );
+    assert_eq!(pool.apply(add, (1u64, 2u64)).unwrap(), 3);
+    assert_eq!(pool.apply(square, (7u64,)).unwrap(), 49);
+    let h = pool.apply_async(square, (7u64,)).unwrap();
+    h.wait();
+    assert!(h.ready() && h.wait_timeout(Duration::ZERO));
+    assert_eq!(h.get().unwrap(), 49);
+    let mut slow = pool.apply_async(nap, (300u64,)).unwrap();
+    assert!(matches!(
+        slow.get_timeout(Duration::from_millis(1)),
+        Err(Error::Timeout { .. })
+    ));
+    assert_eq!(slow.get_timeout(Duration::from_secs(60)).unwrap(), 300);
+    assert_eq!(
+        pool.map_async(square, 0..100u64)
+            .unwrap()
+            .get()
+            .unwrap()
+            .len(),
+        100
+    );
+    let ordered: Vec<u64> = pool
+        .imap(square, 0..1000u64)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(ordered, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, 0..1000u64)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    unordered.sort_unstable();
+    assert_eq!(unordered, ordered);
+    let pids = pool.pids();
+    pool.close();
+    assert!(matches!(
+        pool.apply(square, (1u64,)),
+        Err(Error::PoolClosed)
+    ));
+    pool.join().unwrap();
+    assert!(pids.iter().all(|&p| !exists(p)));
+    let pool = s.pool(2);
+    pool.terminate();
+    pool.join().unwrap();
+    let pool = s.pool(2);
+    let pids = pool.pids();
+    drop(pool);
+    assert!(pids.iter().all(|&p| !exists(p)), "drop reaps every worker");
+}
+
+fn panics_and_unregistered_tasks(s: Setup) {
+    let pool = s.pool(2);
+    let err = pool.map_chunked(panic_on, 0..20u64, 4).unwrap_err();
+    assert!(
+        matches!(&err, Error::TaskPanicked { index: 13, message, .. } if message == "assertion `left != right` failed: unlucky 13\n  left: 13\n right: 13"),
+        "{err:?}"
+    );
+    assert!(matches!(
+        pool.map(plain, [1u64]),
+        Err(Error::NotRegistered { .. })
+    ));
+    assert!(matches!(
+        pool.apply(|n: u64| n, (1u64,)),
+        Err(Error::NotRegistered { .. })
+    ));
+    assert_eq!(
+        pool.map(panic_on, 0..13u64).unwrap().len(),
+        13,
+        "the pool lives on"
+    );
+}
+
+fn one_mib_payloads(s: Setup) {
+    let pool = s.pool(2);
+    let blob: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let items = vec![blob.clone(); 16];
+    let back = pool.map_chunked(identity, &items, 1).unwrap();
+    assert_eq!(back.len(), 16);
+    assert!(back.iter().all(|b| *b == blob));
+    let sizes = [0usize, 1, 65_535, 65_536, 65_537, 3 << 20];
+    let out = pool.map_chunked(zeros, sizes, 1).unwrap();
+    assert_eq!(out.iter().map(Vec::len).collect::<Vec<_>>(), sizes);
+}
+
+fn large_batches(s: Setup) {
+    let pool = s.pool(2);
+    let n = 200_000u64;
+    let out = pool.map(square, 0..n).unwrap();
+    assert_eq!(out.len(), n as usize);
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, &v)| v == (i as u64) * (i as u64))
+    );
+    let sum: u64 = pool
+        .imap_chunked(square, 0..n, 5_000)
+        .unwrap()
+        .map(Result::unwrap)
+        .sum();
+    assert_eq!(sum, (0..n).map(|x| x * x).sum());
+}
+
+fn frame_size_limits(s: Setup) {
+    let pool = s
+        .builder()
+        .processes(1)
+        .max_frame_size(64 * 1024)
+        .build()
+        .unwrap();
+    let pid = pool.pids()[0];
+    assert!(matches!(
+        pool.apply(identity, (vec![1u8; 100_000],)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        pool.apply(zeros, (100_000usize,)),
+        Err(Error::Protocol(_))
+    ));
+    assert_eq!(pool.apply(zeros, (1000usize,)).unwrap().len(), 1000);
+    assert_eq!(pool.pids(), [pid], "the same worker served all three");
+}
+
+fn worker_death(s: Setup) {
+    let pool = std::sync::Arc::new(s.pool(1));
+    let first = pool.apply(my_pid, ()).unwrap();
+    let err = pool.apply(exit_with, (7i32,)).unwrap_err();
+    assert!(
+        matches!(err, Error::WorkerDied { exit: WorkerExit::Code(7), pid, index: 0, .. } if pid == first),
+        "{err:?}"
+    );
+    let second = pool.apply(my_pid, ()).unwrap();
+    assert_ne!(first, second);
+    let caller = {
+        let pool = std::sync::Arc::clone(&pool);
+        std::thread::spawn(move || pool.map_chunked(nap, [1u64, 60_000], 1))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill")
+        .arg("-9")
+        .arg(second.to_string())
+        .status();
+    let err = caller.join().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::WorkerDied {
+                exit: WorkerExit::Signal(9),
+                index: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(pool.apply(square, (3u64,)).unwrap(), 9, "replaced");
+}
+
+fn parent_death(s: Setup) {
+    let mut parent = Command::new(env!("CARGO_BIN_EXE_hold_pool"))
+        .env("PROCPOOL_TEST_TRANSPORT", s.transport)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{line}");
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    // A liveness bound, not a timing claim: the death signal is immediate.
+    let gone = (0..500).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        pids.iter().all(|&p| !exists(p))
+    });
+    assert!(gone, "workers outlived their killed parent: {pids:?}");
+}
+
+fn many_threads_one_pool(s: Setup) {
+    let pool = std::sync::Arc::new(s.pool(2));
+    let handles: Vec<_> = (0..8u64)
+        .map(|t| {
+            let pool = std::sync::Arc::clone(&pool);
+            std::thread::spawn(move || {
+                let range = t * 10_000..(t + 1) * 10_000;
+                let got = pool.map(square, range.clone()).unwrap();
+                got == range.map(|x| x * x).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    assert!(handles.into_iter().all(|h| h.join().unwrap()));
+    let distinct: BTreeSet<u32> = pool.pids().into_iter().collect();
+    assert_eq!(distinct.len(), 2);
+}
+
+macro_rules! conformance_suite {
+    ($($(#[$cfg:meta])* $name:ident;)*) => {$(
+        $(#[$cfg])*
+        mod $name {
+            const S: super::Setup = super::Setup { transport: stringify!($name) };
+            #[test] fn every_api_call() { super::every_api_call(S) }
+            #[test] fn panics_and_unregistered_tasks() { super::panics_and_unregistered_tasks(S) }
+            #[test] fn one_mib_payloads() { super::one_mib_payloads(S) }
+            #[test] fn large_batches() { super::large_batches(S) }
+            #[test] fn frame_size_limits() { super::frame_size_limits(S) }
+            #[test] fn worker_death() { super::worker_death(S) }
+            #[test] fn parent_death() { super::parent_death(S) }
+            #[test] fn many_threads_one_pool() { super::many_threads_one_pool(S) }
+        }
+    )*};
+}
+
+conformance_suite! {
+    #[cfg(feature = "pipe")]
+    pipe;
+    #[cfg(feature = "ipc")]
+    ipc;
+}
