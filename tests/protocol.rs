@@ -75,6 +75,18 @@ mod impostor {
             .unwrap_err()
     }
 
+    /// A first frame of the wrong kind: `Done { id: 1, count: 1 }` instead of `Hello`.
+    static WRONG_KIND: Impostor = Impostor(r"printf '\003\000\000\000\001\001\001'; exec sleep 5");
+
+    #[test]
+    fn a_first_frame_of_the_wrong_kind_is_named() {
+        let e = start(&WRONG_KIND);
+        assert!(
+            matches!(&e, Error::Protocol(m) if m.contains("expected a handshake, got Done")),
+            "{e:?}"
+        );
+    }
+
     #[test]
     fn garbage_truncated_and_oversized_frames_are_protocol_errors() {
         let e = start(&GARBAGE);
@@ -164,4 +176,49 @@ fn when_no_worker_can_be_started_again_calls_fail_instead_of_waiting() {
             "{err:?}"
         );
     }
+}
+
+/// The default transport, but the worker is told a different secret than the pool's.
+#[derive(Debug)]
+struct WrongSecret;
+
+impl Transport for WrongSecret {
+    fn name(&self) -> &'static str {
+        default_transport().name()
+    }
+
+    fn spawn(&self, mut command: Command, config: LinkConfig) -> Result<(Child, Link), Error> {
+        let marker = command
+            .get_envs()
+            .find(|(k, _)| *k == "PROCPOOL_WORKER")
+            .and_then(|(_, v)| v)
+            .and_then(|v| v.to_str())
+            .map(str::to_owned)
+            .expect("the pool sets the marker");
+        let (head, secret) = marker
+            .rsplit_once(':')
+            .expect("marker ends with the secret");
+        let forged = format!("{head}:{}", if secret.starts_with('0') { "1" } else { "0" });
+        command.env("PROCPOOL_WORKER", forged);
+        default_transport().spawn(command, config)
+    }
+
+    fn connect(&self, config: LinkConfig) -> Result<Link, Error> {
+        default_transport().connect(config)
+    }
+}
+
+static WRONG_SECRET: WrongSecret = WrongSecret;
+
+#[test]
+fn a_worker_without_the_pools_secret_is_refused() {
+    let err = Pool::builder()
+        .processes(1)
+        .transport(&WRONG_SECRET as &'static dyn Transport)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Protocol(m) if m.contains("secret")),
+        "{err:?}"
+    );
 }

@@ -8,3 +8,4 @@ mod lifecycle;
 mod macros;
 mod protocol;
 mod python_api;
+mod reliability;

@@ -143,6 +143,7 @@ impl<R: DeserializeOwned> Imap<R> {
                 range: 0..buf.len(),
                 payload: Arc::new(buf),
                 job: Arc::clone(&self.job),
+                retries: 0,
                 sink: Some(Arc::clone(&self.sink)),
             };
             self.read += count as usize;

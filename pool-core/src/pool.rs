@@ -55,6 +55,8 @@ pub struct PoolBuilder {
     max_tasks_per_child: Option<usize>,
     initializer: Option<Result<Initializer, Arc<Error>>>,
     task_timeout: Option<Duration>,
+    retry_lost_tasks: u32,
+    memory_limit: Option<u64>,
 }
 
 impl Default for PoolBuilder {
@@ -67,6 +69,8 @@ impl Default for PoolBuilder {
             max_tasks_per_child: None,
             initializer: None,
             task_timeout: None,
+            retry_lost_tasks: 0,
+            memory_limit: None,
         }
     }
 }
@@ -148,6 +152,25 @@ impl PoolBuilder {
         self
     }
 
+    /// Runs a chunk again, up to `times` times, when its worker dies while running it
+    /// (killed, crashed, out of memory). Delivery becomes *at-least-once*: an item
+    /// may have run, with its side effects, in the worker that died. Results are
+    /// still returned exactly once, in order. Default 0: a lost chunk is an
+    /// [`Error::WorkerDied`]. Time-outs are never retried.
+    pub fn retry_lost_tasks(mut self, times: u32) -> Self {
+        self.retry_lost_tasks = times;
+        self
+    }
+
+    /// Limits each worker's address space to `bytes` (`RLIMIT_AS`), so a runaway task
+    /// fails — its allocation aborts the worker, reported as [`Error::WorkerDied`] —
+    /// instead of taking the machine down. Count generously: the limit covers the
+    /// program's code, thread stacks and allocator reserves too.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
     /// Starts the workers and waits until each has answered the handshake.
     pub fn build(self) -> Result<Pool, Error> {
         let processes = match self.processes {
@@ -205,6 +228,9 @@ impl PoolBuilder {
             max_tasks_per_child: self.max_tasks_per_child,
             initializer,
             task_timeout: self.task_timeout,
+            retry_lost_tasks: self.retry_lost_tasks,
+            memory_limit: self.memory_limit,
+            secret: runtime::random_secret()?,
         }));
         let pool = Pool {
             shared: Arc::clone(&shared),
@@ -601,6 +627,7 @@ impl Pool {
             payload: Arc::clone(&payload),
             range: c.bytes,
             job: Arc::clone(&job),
+            retries: 0,
             sink: Some(Arc::clone(&sink)),
         });
         self.shared.submit(batches)?;

@@ -18,17 +18,22 @@ static TRANSPORTS: OnceLock<&'static [&'static dyn Transport]> = OnceLock::new()
 static SERVING: AtomicBool = AtomicBool::new(false);
 
 /// What the pool tells a worker through [`MARKER_ENV`]:
-/// `1:<transport>:<parent pid>:<max frame>`.
+/// `1:<transport>:<parent pid>:<max frame>:<secret>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Marker {
     pub(crate) transport: String,
     pub(crate) parent: u32,
     pub(crate) max_frame: usize,
+    /// The pool's random secret, echoed in the handshake.
+    pub(crate) secret: u128,
 }
 
 impl Marker {
     pub(crate) fn encode(&self) -> String {
-        format!("1:{}:{}:{}", self.transport, self.parent, self.max_frame)
+        format!(
+            "1:{}:{}:{}:{:032x}",
+            self.transport, self.parent, self.max_frame, self.secret
+        )
     }
 
     pub(crate) fn parse(s: &str) -> Option<Marker> {
@@ -39,10 +44,12 @@ impl Marker {
         let transport = parts.next()?.to_owned();
         let parent = parts.next()?.parse().ok()?;
         let max_frame = parts.next()?.parse().ok()?;
+        let secret = u128::from_str_radix(parts.next()?, 16).ok()?;
         parts.next().is_none().then_some(Marker {
             transport,
             parent,
             max_frame,
+            secret,
         })
     }
 
@@ -93,7 +100,7 @@ fn serve(transports: &[&'static dyn Transport], marker: &Marker) -> Result<(), E
         max_frame: marker.max_frame,
         startup_timeout: std::time::Duration::from_secs(20),
     })?;
-    Worker::new(link).serve()
+    Worker::new(link, marker.secret).serve()
 }
 
 /// True in a worker process (inside a task).
@@ -139,10 +146,21 @@ mod tests {
             transport: "pipe".into(),
             parent: 42,
             max_frame: 1024,
+            secret: 0xfeed_beef,
         };
         assert_eq!(Marker::parse(&m.encode()), Some(m));
-        assert_eq!(Marker::parse("2:pipe:1:1"), None);
-        assert_eq!(Marker::parse("1:pipe:x:1"), None);
-        assert_eq!(Marker::parse("1:pipe:1:1:extra"), None);
+        assert_eq!(Marker::parse("2:pipe:1:1:0"), None);
+        assert_eq!(Marker::parse("1:pipe:x:1:0"), None);
+        assert_eq!(Marker::parse("1:pipe:1:1"), None, "no secret");
+        assert_eq!(Marker::parse("1:pipe:1:1:zz"), None);
+        assert_eq!(Marker::parse("1:pipe:1:1:0:extra"), None);
     }
+}
+
+/// 128 random bits from the kernel, for per-pool secrets.
+pub(crate) fn random_secret() -> Result<u128, Error> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(u128::from_le_bytes(bytes))
 }

@@ -38,6 +38,12 @@ pub(crate) struct Config {
     pub(crate) max_tasks_per_child: Option<usize>,
     pub(crate) initializer: Option<Initializer>,
     pub(crate) task_timeout: Option<Duration>,
+    /// Times a batch lost with a dead worker is run again.
+    pub(crate) retry_lost_tasks: u32,
+    /// `RLIMIT_AS` of each worker, in bytes.
+    pub(crate) memory_limit: Option<u64>,
+    /// Echoed by every worker in its handshake.
+    pub(crate) secret: u128,
 }
 
 /// A task run once in every new worker, with its encoded arguments.
@@ -87,6 +93,8 @@ pub(crate) struct Batch {
     pub(crate) payload: Arc<Vec<u8>>,
     pub(crate) range: Range<usize>,
     pub(crate) job: Arc<Job>,
+    /// Runs of this batch lost with a dead worker so far.
+    pub(crate) retries: u32,
     /// Taken when the outcome is delivered; see `Drop`.
     pub(crate) sink: Option<Arc<dyn ReplySink>>,
 }
@@ -204,6 +212,19 @@ impl Shared {
         drop(state);
         self.work.notify_all();
         Ok(())
+    }
+
+    /// Puts a batch whose worker died back at the head of the queue.
+    fn requeue(&self, batch: Batch) {
+        let mut state = lock(&self.state);
+        if self.is_terminating() {
+            drop(state);
+            batch.complete(0, Err(Error::PoolClosed));
+            return;
+        }
+        state.queue.push_front(batch);
+        drop(state);
+        self.work.notify_one();
     }
 
     /// The next batch to run; `None` when the driver should stop.
@@ -343,11 +364,12 @@ impl Connection {
             transport: config.transport.name().to_owned(),
             parent: std::process::id(),
             max_frame: config.link.max_frame,
+            secret: config.secret,
         };
         command
             .env(MARKER_ENV, marker.encode())
             .stdin(Stdio::null());
-        sys::die_with_parent(&mut command, rustix::process::getpid());
+        sys::prepare_worker(&mut command, rustix::process::getpid(), config.memory_limit);
 
         let (child, link) = config.transport.spawn(command, config.link)?;
         let pid = child.id();
@@ -364,7 +386,7 @@ impl Connection {
             return Err(Error::PoolClosed);
         }
         let ready = conn
-            .handshake(config.startup_timeout)
+            .handshake(config.startup_timeout, config.secret)
             .and_then(|()| conn.initialize(shared));
         match ready {
             Ok(()) => Ok(conn),
@@ -387,7 +409,7 @@ impl Connection {
         }
     }
 
-    fn handshake(&mut self, timeout: Duration) -> Result<(), LinkFailure> {
+    fn handshake(&mut self, timeout: Duration, shared_secret: u128) -> Result<(), LinkFailure> {
         let mut frame = Vec::new();
         match self
             .link
@@ -412,26 +434,7 @@ impl Connection {
                 ))));
             }
         };
-        let problem = if hello.magic != MAGIC {
-            Some("the worker did not speak procpool's protocol".to_owned())
-        } else if hello.protocol != PROTOCOL_VERSION {
-            Some(format!(
-                "protocol version mismatch: pool {PROTOCOL_VERSION}, worker {}",
-                hello.protocol
-            ))
-        } else if hello.build_id != registry::build_id() {
-            Some(
-                "the worker is a different build of this program (was it rebuilt while running?)"
-                    .to_owned(),
-            )
-        } else if hello.pid != self.pid {
-            Some(format!(
-                "handshake from pid {} on the link to worker {}",
-                hello.pid, self.pid
-            ))
-        } else {
-            None
-        };
+        let problem = check_hello(&hello, self.pid, shared_secret);
         match problem {
             Some(p) => Err(LinkFailure::Broken(Error::protocol(p))),
             None => Ok(()),
@@ -526,21 +529,57 @@ impl Connection {
         self.reap(shared);
     }
 
-    /// Makes sure the worker is gone and returns how it ended. A worker that is
-    /// already exiting gets a moment to finish, so its own exit status is reported.
+    /// Makes sure the worker is gone and returns how it ended. Unless the pool is
+    /// terminating, a worker that is already exiting gets up to 100 ms to finish, so
+    /// its own exit status (not our SIGKILL) is reported.
     fn reap(&mut self, shared: &Shared) -> WorkerExit {
         let Some(mut child) = lock(&shared.children[self.slot]).take() else {
             return WorkerExit::Unknown;
         };
-        for _ in 0..50 {
+        let mut pause = Duration::from_micros(50);
+        let mut waited = Duration::ZERO;
+        while !shared.is_terminating() && waited < Duration::from_millis(100) {
             match child.try_wait() {
                 Ok(Some(status)) => return status.into(),
-                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+                Ok(None) => {
+                    std::thread::sleep(pause);
+                    waited += pause;
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
                 Err(_) => break,
             }
         }
         let _ = child.kill();
         child.wait().map_or(WorkerExit::Unknown, WorkerExit::from)
+    }
+}
+
+/// What is wrong with a worker's handshake, if anything.
+fn check_hello(hello: &protocol::Hello, pid: u32, secret: u128) -> Option<String> {
+    if hello.magic != MAGIC {
+        Some("the worker did not speak procpool's protocol (bad magic)".to_owned())
+    } else if hello.protocol != PROTOCOL_VERSION {
+        Some(format!(
+            "protocol version mismatch: pool {PROTOCOL_VERSION}, worker {}",
+            hello.protocol
+        ))
+    } else if hello.build_id != registry::build_id() {
+        Some(
+            "build mismatch: the worker is a different build of this program (was it rebuilt \
+             while running?)"
+                .to_owned(),
+        )
+    } else if hello.pid != pid {
+        Some(format!(
+            "handshake from pid {} on the link to worker {pid}",
+            hello.pid
+        ))
+    } else if hello.secret != secret {
+        Some(format!(
+            "worker {pid} does not know this pool's secret: connection refused"
+        ))
+    } else {
+        None
     }
 }
 
@@ -584,17 +623,28 @@ pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32
             items: &batch.payload[batch.range.clone()],
         };
         let (outcome, worker_gone) = match conn.exchange(&shared, &request) {
-            Ok(outcome) => (outcome, false),
+            Ok(outcome) => (Some(outcome), false),
+            // At-least-once: a batch lost with its worker runs again, up to the limit.
+            Err(LinkFailure::Closed)
+                if batch.retries < shared.config.retry_lost_tasks && !shared.is_terminating() =>
+            {
+                conn.reap(&shared);
+                (None, true)
+            }
             Err(failure) => {
                 let exit = conn.reap(&shared);
-                (
-                    Err(failure_error(&shared, &batch, conn.pid, exit, failure)),
-                    true,
-                )
+                let error = failure_error(&shared, &batch, conn.pid, exit, failure);
+                (Some(Err(error)), true)
             }
         };
-        let pid = conn.pid;
-        batch.complete(pid, outcome);
+        match outcome {
+            Some(outcome) => batch.complete(conn.pid, outcome),
+            None => {
+                let mut batch = batch;
+                batch.retries += 1;
+                shared.requeue(batch);
+            }
+        }
         if shared.is_terminating() {
             break;
         }
@@ -643,5 +693,65 @@ fn failure_error(
             after: shared.config.task_timeout.unwrap_or_default(),
         },
         LinkFailure::Broken(e) => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Hello;
+
+    fn good() -> Hello {
+        Hello {
+            magic: MAGIC,
+            protocol: PROTOCOL_VERSION,
+            build_id: registry::build_id(),
+            pid: 10,
+            secret: 99,
+        }
+    }
+
+    #[test]
+    fn a_good_handshake_passes() {
+        assert_eq!(check_hello(&good(), 10, 99), None);
+    }
+
+    #[test]
+    fn every_handshake_mismatch_is_named() {
+        let cases: [(Hello, &str); 5] = [
+            (
+                Hello {
+                    magic: *b"HTTP",
+                    ..good()
+                },
+                "bad magic",
+            ),
+            (
+                Hello {
+                    protocol: PROTOCOL_VERSION + 1,
+                    ..good()
+                },
+                "protocol version mismatch",
+            ),
+            (
+                Hello {
+                    build_id: registry::build_id() ^ 1,
+                    ..good()
+                },
+                "build mismatch",
+            ),
+            (Hello { pid: 11, ..good() }, "handshake from pid 11"),
+            (
+                Hello {
+                    secret: 98,
+                    ..good()
+                },
+                "secret",
+            ),
+        ];
+        for (hello, expected) in cases {
+            let problem = check_hello(&hello, 10, 99).expect("refused");
+            assert!(problem.contains(expected), "{problem}");
+        }
     }
 }

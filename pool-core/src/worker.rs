@@ -18,14 +18,16 @@ use crate::transport::{Link, Received};
 pub struct Worker {
     link: Link,
     pid: u32,
+    secret: u128,
 }
 
 impl Worker {
-    /// A worker serving over `link`.
-    pub fn new(link: Link) -> Self {
+    /// A worker serving over `link`, answering the handshake with the pool's `secret`.
+    pub fn new(link: Link, secret: u128) -> Self {
         Worker {
             link,
             pid: std::process::id(),
+            secret,
         }
     }
 
@@ -40,6 +42,7 @@ impl Worker {
             protocol: PROTOCOL_VERSION,
             build_id: registry::build_id(),
             pid: self.pid,
+            secret: self.secret,
         };
         protocol::encode_header(&FromWorker::Hello(hello), &mut header)?;
         self.link.sender.send(&[&header])?;

@@ -270,6 +270,61 @@ fn parent_death(s: Setup) {
     assert!(gone, "workers outlived their killed parent: {pids:?}");
 }
 
+fn no_leaks_after_a_thousand_pools(s: Setup) {
+    let out = Command::new(env!("CARGO_BIN_EXE_leak_cycles"))
+        .arg("1000")
+        .env("PROCPOOL_TEST_TRANSPORT", s.transport)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let n: Vec<usize> = text
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [
+        fds_before,
+        fds_after,
+        threads_before,
+        threads_after,
+        zombies,
+    ] = n[..]
+    else {
+        panic!("unexpected report: {text}");
+    };
+    assert_eq!(fds_after, fds_before, "descriptors leaked: {text}");
+    assert_eq!(threads_after, threads_before, "threads leaked: {text}");
+    assert_eq!(zombies, 0, "{text}");
+}
+
+fn ctrl_c_ends_the_program_and_its_workers(s: Setup) {
+    use std::os::unix::process::CommandExt;
+    let mut parent = Command::new(env!("CARGO_BIN_EXE_hold_pool"))
+        .env("PROCPOOL_TEST_TRANSPORT", s.transport)
+        .process_group(0) // like a shell job: Ctrl-C goes to the whole group
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{line}");
+    let group = rustix::process::Pid::from_raw(parent.id() as i32).unwrap();
+    rustix::process::kill_process_group(group, rustix::process::Signal::INT).unwrap();
+    let status = parent.wait().unwrap();
+    assert!(!status.success());
+    let gone = (0..500).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        pids.iter().all(|&p| !exists(p))
+    });
+    assert!(gone, "workers outlived Ctrl-C: {pids:?}");
+}
+
 fn many_threads_one_pool(s: Setup) {
     let pool = std::sync::Arc::new(s.pool(2));
     let handles: Vec<_> = (0..8u64)
@@ -300,6 +355,8 @@ macro_rules! conformance_suite {
             #[test] fn worker_death() { super::worker_death(S) }
             #[test] fn parent_death() { super::parent_death(S) }
             #[test] fn many_threads_one_pool() { super::many_threads_one_pool(S) }
+            #[test] fn no_leaks_after_a_thousand_pools() { super::no_leaks_after_a_thousand_pools(S) }
+            #[test] fn ctrl_c_ends_the_program_and_its_workers() { super::ctrl_c_ends_the_program_and_its_workers(S) }
         }
     )*};
 }

@@ -1,0 +1,66 @@
+//! Helper for tests: runs N pool create/map/drop cycles (first argument, default
+//! 1000) on the transport named by `PROCPOOL_TEST_TRANSPORT`, then prints the open
+//! descriptors and threads before and after, and the zombie children left:
+//! `fds A B threads C D zombies Z`.
+
+use procpool::pool_task;
+
+#[pool_task]
+fn double(x: u32) -> u32 {
+    x * 2
+}
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| d.count())
+        .unwrap_or(usize::MAX)
+}
+
+/// Children of this process in state Z.
+fn zombies() -> usize {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return usize::MAX;
+    };
+    entries
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // pid (comm) state ppid ...: split after the last ')' since comm may hold spaces.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let ppid = fields.next();
+            state == Some("Z") && ppid == Some(me.as_str())
+        })
+        .count()
+}
+
+fn cycle(transport: Option<&str>) {
+    let pool = procpool_downstream::builder_for(transport)
+        .and_then(|b| b.processes(2).build())
+        .expect("pool");
+    assert_eq!(
+        pool.map(double, 0..10u32).expect("map"),
+        (0..10).map(|x| x * 2).collect::<Vec<_>>()
+    );
+}
+
+#[procpool::main]
+fn main() {
+    let cycles: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
+    let transport = std::env::var("PROCPOOL_TEST_TRANSPORT").ok();
+    cycle(transport.as_deref()); // let lazy one-time state settle first
+    let (fds, threads) = (count("/proc/self/fd"), count("/proc/self/task"));
+    for _ in 0..cycles {
+        cycle(transport.as_deref());
+    }
+    println!(
+        "fds {fds} {} threads {threads} {} zombies {}",
+        count("/proc/self/fd"),
+        count("/proc/self/task"),
+        zombies()
+    );
+}

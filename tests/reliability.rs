@@ -1,0 +1,209 @@
+//! Crashes, kills, hostile settings: nothing lost, nothing hung, nothing leaked.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use procpool::{Error, Pool, WorkerExit, pool_task};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// About 20 µs of arithmetic: small, but long enough for kills to land mid-map.
+#[pool_task]
+fn spin(n: u64) -> u64 {
+    let mut x = n;
+    for _ in 0..2_000 {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    }
+    std::hint::black_box(x);
+    n * 3
+}
+
+#[pool_task]
+fn square(n: u64) -> u64 {
+    n * n
+}
+
+#[pool_task]
+fn hog(bytes: usize) -> usize {
+    let v = vec![1u8; bytes];
+    std::hint::black_box(&v);
+    v.len()
+}
+
+/// A value that refuses to be deserialized when it is 13.
+#[derive(Debug, Serialize)]
+struct Picky(u8);
+
+impl<'de> Deserialize<'de> for Picky {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u8::deserialize(d)?;
+        if v == 13 {
+            return Err(serde::de::Error::custom("13 is not welcome"));
+        }
+        Ok(Picky(v))
+    }
+}
+
+#[pool_task]
+fn picky(p: Picky) -> u8 {
+    p.0
+}
+
+/// Kills a random worker of `pool` every 20–60 ms, `kills` times, while `running`.
+fn chaos_monkey(
+    pool: Arc<Pool>,
+    kills: usize,
+    running: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u32>> {
+    std::thread::spawn(move || {
+        let mut seed = u64::from(std::process::id())
+            ^ Instant::now().elapsed().as_nanos() as u64
+            ^ 0x9e37_79b9;
+        let mut killed = Vec::new();
+        while killed.len() < kills && running.load(Ordering::SeqCst) {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            std::thread::sleep(Duration::from_millis(20 + (seed >> 58)));
+            let pids = pool.pids();
+            if pids.is_empty() {
+                continue;
+            }
+            let victim = pids[(seed >> 33) as usize % pids.len()];
+            if let Some(pid) = rustix::process::Pid::from_raw(victim as i32)
+                && rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok()
+            {
+                killed.push(victim);
+            }
+        }
+        killed
+    })
+}
+
+#[test]
+fn chaos_with_retries_loses_nothing() {
+    let pool = Arc::new(
+        Pool::builder()
+            .processes(2)
+            .retry_lost_tasks(3)
+            .build()
+            .unwrap(),
+    );
+    let running = Arc::new(AtomicBool::new(true));
+    let monkey = chaos_monkey(Arc::clone(&pool), 10, Arc::clone(&running));
+    let n = 100_000u64;
+    let mut rounds = 0;
+    // Keep mapping until all ten kills have landed during maps.
+    while !monkey.is_finished() {
+        let out = pool.map_chunked(spin, 0..n, 100).unwrap();
+        assert_eq!(out.len(), n as usize);
+        assert!(
+            out.iter().enumerate().all(|(i, &v)| v == 3 * i as u64),
+            "every result present and correct"
+        );
+        rounds += 1;
+        assert!(rounds < 1_000, "the monkey never finished");
+    }
+    running.store(false, Ordering::SeqCst);
+    let killed = monkey.join().unwrap();
+    assert_eq!(killed.len(), 10);
+    let out = pool.map_chunked(spin, 0..n, 100).unwrap();
+    assert_eq!(out[99_999], 299_997);
+    let workers = pool.pids();
+    drop(pool);
+    for pid in killed.iter().chain(&workers) {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} left behind"
+        );
+    }
+}
+
+#[test]
+fn chaos_without_retries_reports_the_dead_worker() {
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let running = Arc::new(AtomicBool::new(true));
+    let monkey = chaos_monkey(Arc::clone(&pool), 1, Arc::clone(&running));
+    let err = loop {
+        match pool.map_chunked(spin, 0..100_000u64, 100) {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    running.store(false, Ordering::SeqCst);
+    let killed = monkey.join().unwrap();
+    match err {
+        Error::WorkerDied { pid, exit, .. } => {
+            assert_eq!(exit, WorkerExit::Signal(9));
+            assert_eq!(killed, [pid]);
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert_eq!(
+        pool.apply(square, (5u64,)).unwrap(),
+        25,
+        "the pool replaced the worker"
+    );
+}
+
+#[test]
+fn eight_threads_one_million_tasks() {
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                let range = t * 125_000..(t + 1) * 125_000;
+                let out = pool.map(square, range.clone()).unwrap();
+                range.zip(out).all(|(x, y)| y == x * x)
+            })
+        })
+        .collect();
+    assert!(threads.into_iter().all(|t| t.join().unwrap()));
+}
+
+#[test]
+fn a_memory_limit_stops_a_runaway_task() {
+    let pool = Pool::builder()
+        .processes(1)
+        .memory_limit(1 << 30)
+        .build()
+        .unwrap();
+    assert_eq!(
+        pool.apply(hog, (16usize << 20,)).unwrap(),
+        16 << 20,
+        "a modest allocation is fine"
+    );
+    let err = pool.apply(hog, (4usize << 30,)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::WorkerDied {
+                exit: WorkerExit::Signal(6),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        pool.apply(square, (3u64,)).unwrap(),
+        9,
+        "a fresh worker, with the same limit"
+    );
+}
+
+#[test]
+fn an_argument_that_fails_to_deserialize_fails_that_item_only() {
+    let pool = Pool::new(2).unwrap();
+    let results: Vec<Result<u8, Error>> = pool
+        .imap(picky, [Picky(1), Picky(13), Picky(3)])
+        .unwrap()
+        .collect();
+    assert!(matches!(results[0], Ok(1)));
+    assert!(
+        matches!(&results[1], Err(Error::Serialization { index: 1, what, .. }) if *what == "deserialized in the worker"),
+        "{:?}",
+        results[1]
+    );
+    assert!(matches!(results[2], Ok(3)));
+}
