@@ -61,53 +61,20 @@ impl Transport for IpcTransport {
     }
 
     fn spawn(&self, mut command: Command, config: LinkConfig) -> Result<(Child, Link), Error> {
-        let (server, name) = IpcOneShotServer::<Bootstrap>::new()?;
+        let (server, name) = new_server()?;
         let secret = random_secret()?;
         command.env(SERVER_ENV, &name).env(SECRET_ENV, &secret);
         let mut child = command.spawn()?;
-
-        // `accept` blocks until someone connects, so it runs on its own thread while
-        // this one watches the child and the clock.
-        let (accepted_tx, accepted) = mpsc::channel();
-        let acceptor = std::thread::Builder::new()
-            .name("procpool-ipc-accept".into())
-            .spawn(move || {
-                let _ = accepted_tx.send(server.accept());
-            })?;
         let deadline = Instant::now() + config.startup_timeout;
-        let outcome = loop {
-            match accepted.recv_timeout(Duration::from_millis(5)) {
-                Ok(result) => break Some(result),
-                Err(RecvTimeoutError::Disconnected) => break None,
-                Err(RecvTimeoutError::Timeout) => {
-                    let exited = !matches!(child.try_wait(), Ok(None));
-                    if exited || Instant::now() >= deadline {
-                        // Wake the acceptor with a connection that sends nothing.
-                        drop(IpcSender::<Bootstrap>::connect(name.clone()));
-                        break if exited {
-                            None
-                        } else {
-                            Some(Err(IpcError::Disconnected))
-                        };
-                    }
-                }
-            }
-        };
-        let _ = acceptor.join();
-        let link = match outcome {
+        let link = match accept(server, &name, &secret, &mut child, deadline) {
+            Ok(Accepted::Link(requests, replies)) => link(requests, replies, config),
             // The worker died before connecting: the pool reaps it and reports how.
-            None => dead_link(Received::Closed),
-            Some(Err(IpcError::Disconnected)) => dead_link(Received::TimedOut),
-            Some(Err(e)) => return Err(ipc_error(e)),
-            Some(Ok((_, bootstrap))) => {
-                if bootstrap.secret != secret {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(Error::Protocol(
-                        "ipc bootstrap with a wrong secret: connection refused".into(),
-                    ));
-                }
-                link(bootstrap.requests, bootstrap.replies, config)
+            Ok(Accepted::Exited) => dead_link(Received::Closed),
+            Ok(Accepted::TimedOut) => dead_link(Received::TimedOut),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
             }
         };
         Ok((child, link))
@@ -133,6 +100,62 @@ impl Transport for IpcTransport {
     }
 }
 
+/// How a worker's bootstrap ended.
+enum Accepted {
+    Link(IpcSender<Wire>, IpcReceiver<Wire>),
+    Exited,
+    TimedOut,
+}
+
+/// Waits for `child` to connect to `server` and present `secret`, until `deadline`.
+///
+/// `accept` blocks until someone connects, so it runs on its own thread while this
+/// one watches the child and the clock; if either gives up, a connection that sends
+/// nothing wakes the acceptor, so no thread is left behind.
+fn accept(
+    server: IpcOneShotServer<Bootstrap>,
+    name: &str,
+    secret: &str,
+    child: &mut Child,
+    deadline: Instant,
+) -> Result<Accepted, Error> {
+    let (accepted_tx, accepted) = mpsc::channel();
+    let acceptor = std::thread::Builder::new()
+        .name("procpool-ipc-accept".into())
+        .spawn(move || {
+            let _ = accepted_tx.send(server.accept());
+        })?;
+    let outcome = loop {
+        match accepted.recv_timeout(Duration::from_millis(5)) {
+            Ok(result) => break Some(result),
+            Err(RecvTimeoutError::Disconnected) => break None,
+            Err(RecvTimeoutError::Timeout) => {
+                let exited = !matches!(child.try_wait(), Ok(None));
+                if exited || Instant::now() >= deadline {
+                    drop(IpcSender::<Bootstrap>::connect(name.to_owned()));
+                    let _ = acceptor.join();
+                    return Ok(if exited {
+                        Accepted::Exited
+                    } else {
+                        Accepted::TimedOut
+                    });
+                }
+            }
+        }
+    };
+    let _ = acceptor.join();
+    match outcome {
+        None => Ok(Accepted::Exited),
+        Some(Err(e)) => Err(ipc_error(e)),
+        Some(Ok((_, bootstrap))) if bootstrap.secret == secret => {
+            Ok(Accepted::Link(bootstrap.requests, bootstrap.replies))
+        }
+        Some(Ok(_)) => Err(Error::Protocol(
+            "ipc bootstrap with a wrong secret: connection refused".into(),
+        )),
+    }
+}
+
 fn link(sender: IpcSender<Wire>, receiver: IpcReceiver<Wire>, config: LinkConfig) -> Link {
     Link {
         sender: Box::new(IpcFrameSender {
@@ -144,6 +167,21 @@ fn link(sender: IpcSender<Wire>, receiver: IpcReceiver<Wire>, config: LinkConfig
             max_frame: config.max_frame,
         }),
     }
+}
+
+/// A one-shot server whose socket directory only this user can open.
+///
+/// ipc-channel creates the directory with the process umask (often 0755); it is
+/// closed to other users before any worker learns the name. Even in the instant
+/// before that, a stranger gains nothing: the worker must present its secret.
+fn new_server() -> Result<(IpcOneShotServer<Bootstrap>, String), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let (server, name) = IpcOneShotServer::<Bootstrap>::new()?;
+    let dir = std::path::Path::new(&name)
+        .parent()
+        .ok_or_else(|| Error::Startup(format!("ipc socket `{name}` has no directory")))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok((server, name))
 }
 
 /// 16 random bytes from the kernel, as hex.
@@ -253,5 +291,78 @@ fn dead_link(outcome: Received) -> Link {
     Link {
         sender: Box::new(Nowhere),
         receiver: Box::new(Dead(outcome)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_bootstrap_socket_lives_in_a_directory_only_this_user_can_open() {
+        let (_server, name) = new_server().unwrap();
+        let dir = std::path::Path::new(&name).parent().unwrap();
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+    }
+
+    #[test]
+    fn a_connection_without_the_secret_is_refused() {
+        let (server, name) = IpcOneShotServer::<Bootstrap>::new().unwrap();
+        let mut child = Command::new("sleep").arg("10").spawn().unwrap();
+        let intruder = std::thread::spawn(move || {
+            let to_pool = IpcSender::<Bootstrap>::connect(name).unwrap();
+            let (requests, _keep_requests) = ipc::channel::<Wire>().unwrap();
+            let (_keep_replies, replies) = ipc::channel::<Wire>().unwrap();
+            to_pool
+                .send(Bootstrap {
+                    secret: "guess".into(),
+                    requests,
+                    replies,
+                })
+                .unwrap();
+        });
+        let result = accept(
+            server,
+            "unused",
+            "the-real-secret",
+            &mut child,
+            Instant::now() + Duration::from_secs(20),
+        );
+        intruder.join().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            matches!(&result, Err(Error::Protocol(m)) if m.contains("wrong secret")),
+            "{}",
+            result.is_ok()
+        );
+    }
+
+    #[test]
+    fn a_worker_that_never_connects_is_noticed() {
+        let (server, name) = IpcOneShotServer::<Bootstrap>::new().unwrap();
+        let mut child = Command::new("true").spawn().unwrap();
+        let result = accept(
+            server,
+            &name,
+            "s",
+            &mut child,
+            Instant::now() + Duration::from_secs(20),
+        );
+        assert!(matches!(result, Ok(Accepted::Exited)));
+        let mut child = Command::new("sleep").arg("10").spawn().unwrap();
+        let (server, name) = IpcOneShotServer::<Bootstrap>::new().unwrap();
+        let result = accept(
+            server,
+            &name,
+            "s",
+            &mut child,
+            Instant::now() + Duration::from_millis(50),
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(matches!(result, Ok(Accepted::TimedOut)));
     }
 }
