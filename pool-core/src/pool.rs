@@ -116,9 +116,10 @@ impl PoolBuilder {
     /// takes work — to open a connection, load a model, set a per-process static.
     ///
     /// If it fails (panics), that worker is not used and the failure is reported as
-    /// [`Error::InitializerFailed`]: by `build` for the first workers, and by the
-    /// calls that follow if a replacement worker fails. The pool never loops
-    /// respawning workers whose initializer fails.
+    /// [`Error::InitializerFailed`] by `build` for the first workers. If a
+    /// replacement worker's initializer fails later, that driver gives up (the pool
+    /// runs on with fewer workers); once no worker is left, calls fail with that
+    /// error. The pool never loops respawning workers whose initializer fails.
     pub fn initializer<F, Args>(mut self, task: F, args: Args) -> Self
     where
         F: Task<Args>,
@@ -127,7 +128,7 @@ impl PoolBuilder {
         let _ = task;
         let spec = entry_of::<F>().and_then(|entry| {
             let mut payload = Vec::new();
-            protocol::push_item(&mut payload, |b| postcard::to_io(&args, b).map(|_| ())).map_err(
+            protocol::push_item(&mut payload, |b| protocol::encode_into(&args, b)).map_err(
                 |e| Error::Serialization {
                     task: entry.name().to_owned(),
                     index: 0,
@@ -660,14 +661,13 @@ impl Pool {
         let task = entry.name();
         let source: Source = Box::new(move |buf: &mut Vec<u8>| {
             let item = items.next()?;
-            let result =
-                protocol::push_item(buf, |b| postcard::to_io(item.borrow(), b).map(|_| ()))
-                    .map_err(|e| Error::Serialization {
-                        task: task.to_owned(),
-                        index,
-                        what: "serialized as an argument",
-                        message: e.to_string(),
-                    });
+            let result = protocol::push_item(buf, |b| protocol::encode_into(item.borrow(), b))
+                .map_err(|e| Error::Serialization {
+                    task: task.to_owned(),
+                    index,
+                    what: "serialized as an argument",
+                    message: e.to_string(),
+                });
             index += 1;
             Some(result)
         });
@@ -752,7 +752,7 @@ where
     let mut ends = Vec::new(); // (end offset, items so far)
     let mut len = 0usize;
     for item in items {
-        protocol::push_item(&mut buf, |b| postcard::to_io(item.borrow(), b).map(|_| ())).map_err(
+        protocol::push_item(&mut buf, |b| protocol::encode_into(item.borrow(), b)).map_err(
             |e| Error::Serialization {
                 task: entry.name().to_owned(),
                 index: len,

@@ -141,11 +141,40 @@ pub(crate) const STATUS_OK: u8 = 0;
 /// Status byte of a failed result item.
 pub(crate) const STATUS_FAILED: u8 = 1;
 
+/// A postcard flavor that appends to an existing `Vec`: one `push` or one
+/// `extend_from_slice` per write, without the per-byte `io::Write` calls of `to_io`.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends the postcard encoding of `value` to `out`.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> postcard::Result<()> {
+    postcard::serialize_with_flavor(value, Append(out))
+}
+
 /// Encodes a header into `buf` (cleared first).
 pub(crate) fn encode_header<T: Serialize>(header: &T, buf: &mut Vec<u8>) -> Result<(), Error> {
     buf.clear();
-    postcard::to_io(header, &mut *buf)
-        .map(|_| ())
+    encode_into(header, buf)
         .map_err(|e| Error::protocol(format!("cannot encode a frame header: {e}")))
 }
 

@@ -33,7 +33,8 @@ type ProgressFn = Box<dyn FnMut(Progress) + Send>;
 /// They run on one of the pool's threads, before the [`AsyncResult`] becomes ready,
 /// while that result is locked: keep them short, and do not call methods of the
 /// same `AsyncResult` from them (calling the pool is fine). A callback that panics
-/// is contained: the pool goes on.
+/// is contained: the pool goes on. The callback that does not run is dropped when
+/// the call completes, releasing what it captured.
 pub struct Callbacks<R> {
     on_success: Option<SuccessFn<R>>,
     on_error: Option<ErrorFn>,
@@ -157,7 +158,8 @@ pub(crate) struct Collector<T, R> {
 }
 
 struct CollectState<T, R> {
-    slots: Vec<Option<T>>,
+    /// Decoded chunks by first index; concatenated in order at the end.
+    chunks: Vec<(usize, Vec<T>)>,
     remaining: usize,
     outcome: Option<Result<R, Error>>,
     taken: bool,
@@ -172,8 +174,6 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
         finish: fn(Vec<T>) -> Result<R, Error>,
         callbacks: Callbacks<R>,
     ) -> Arc<Self> {
-        let mut slots = Vec::with_capacity(total);
-        slots.resize_with(total, || None);
         let collector = Arc::new(Collector {
             task,
             job,
@@ -181,7 +181,7 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
             started: Instant::now(),
             finish,
             state: Mutex::new(CollectState {
-                slots,
+                chunks: Vec::new(),
                 remaining: total,
                 outcome: None,
                 taken: false,
@@ -207,24 +207,31 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
                 self.job.cancel();
                 Err(e)
             }
-            None if state.remaining == 0 => std::mem::take(&mut state.slots)
-                .into_iter()
-                .collect::<Option<Vec<T>>>()
-                .ok_or_else(|| Error::protocol("a result is missing"))
-                .and_then(self.finish),
+            None if state.remaining == 0 => {
+                let mut chunks = std::mem::take(&mut state.chunks);
+                chunks.sort_unstable_by_key(|(first, _)| *first);
+                let mut values = Vec::with_capacity(self.total);
+                for (first, chunk) in chunks {
+                    if first != values.len() {
+                        return self.settle(state, Some(Error::protocol("a result is missing")));
+                    }
+                    values.extend(chunk);
+                }
+                (self.finish)(values)
+            }
             None => return,
         };
-        match &outcome {
-            Ok(value) => {
-                if let Some(f) = state.callbacks.on_success.take() {
-                    contained(|| f(value));
-                }
-            }
-            Err(e) => {
-                if let Some(f) = state.callbacks.on_error.take() {
-                    contained(|| f(e));
-                }
-            }
+        // Both callbacks leave the state now: the one that does not run releases what
+        // it captured at once.
+        let (on_success, on_error) = (
+            state.callbacks.on_success.take(),
+            state.callbacks.on_error.take(),
+        );
+        state.callbacks.on_progress = None;
+        match (&outcome, on_success, on_error) {
+            (Ok(value), Some(f), _) => contained(|| f(value)),
+            (Err(e), _, Some(f)) => contained(|| f(e)),
+            _ => {}
         }
         state.outcome = Some(outcome);
         self.ready.notify_all();
@@ -233,23 +240,25 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
 
 impl<T: DeserializeOwned + Send, R: Send> ReplySink for Collector<T, R> {
     fn deliver(&self, reply: Reply) {
+        // Decode before taking the lock, so drivers decode in parallel.
+        let first = reply.first_index;
+        let count = reply.count as usize;
+        let mut values = Vec::with_capacity(count);
+        let mut error = None;
+        decode_reply(self.task, reply, |_, result| match result {
+            Ok(value) => values.push(value),
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        });
         let mut guard = lock(&self.state);
         let state = &mut *guard;
         if state.outcome.is_some() {
             return;
         }
-        let count = reply.count as usize;
-        let mut error = None;
-        decode_reply(self.task, reply, |index, result| match result {
-            Ok(value) => {
-                if let Some(slot) = state.slots.get_mut(index) {
-                    *slot = Some(value);
-                }
-            }
-            Err(e) => {
-                error.get_or_insert(e);
-            }
-        });
+        if error.is_none() {
+            state.chunks.push((first, values));
+        }
         state.remaining = state.remaining.saturating_sub(count);
         if let Some(f) = state.callbacks.on_progress.as_mut() {
             let progress = Progress {

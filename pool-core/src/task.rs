@@ -116,7 +116,7 @@ where
     match result {
         Ok(value) => {
             let mark = out.len();
-            postcard::to_io(&value, &mut *out).map(|_| ()).map_err(|e| {
+            crate::protocol::encode_into(&value, out).map_err(|e| {
                 out.truncate(mark);
                 ItemFailure::OutputEncode(e.to_string())
             })

@@ -128,7 +128,7 @@ fn run_batch(
             if let Err(failure) = entry.run(input, out) {
                 out.truncate(status_at);
                 out.push(STATUS_FAILED);
-                postcard::to_io(&failure, &mut *out)
+                protocol::encode_into(&failure, out)
                     .map_err(|e| Error::protocol(format!("cannot encode a task failure: {e}")))?;
             }
             Ok(())
