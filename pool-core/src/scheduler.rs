@@ -162,6 +162,9 @@ struct State {
     closed: bool,
     /// Drivers that still have a worker (or are starting one).
     live: usize,
+    /// Drivers with nothing in flight: queued batches are left to them rather than
+    /// sent ahead on a busy worker.
+    available: usize,
     /// Why the last driver gave up, for calls made after that.
     fatal: Option<Error>,
 }
@@ -187,6 +190,7 @@ impl Shared {
                 queue: VecDeque::new(),
                 closed: false,
                 live: processes,
+                available: processes,
                 fatal: None,
             }),
             work: Condvar::new(),
@@ -214,6 +218,20 @@ impl Shared {
         Ok(())
     }
 
+    /// Records that a driver has work in flight (`true`) or none (`false`); a driver
+    /// that stops counts as occupied.
+    fn set_occupied(&self, occupied: &mut bool, now: bool) {
+        if *occupied != now {
+            let mut state = lock(&self.state);
+            if now {
+                state.available = state.available.saturating_sub(1);
+            } else {
+                state.available += 1;
+            }
+            *occupied = now;
+        }
+    }
+
     /// Puts a batch whose worker died back at the head of the queue.
     fn requeue(&self, batch: Batch) {
         let mut state = lock(&self.state);
@@ -225,6 +243,31 @@ impl Shared {
         state.queue.push_front(batch);
         drop(state);
         self.work.notify_one();
+    }
+
+    /// The next batch if one is queued now and `wanted` accepts it, without waiting.
+    fn try_next(&self, wanted: impl Fn(&Batch) -> bool) -> Option<Batch> {
+        let mut state = lock(&self.state);
+        let mut cancelled = Vec::new(); // dropped after the lock is released
+        if self.is_terminating() {
+            return None;
+        }
+        // Work that a driver with nothing in flight could start is not sent ahead.
+        while state.queue.len() > state.available {
+            if !state.queue.front().is_some_and(&wanted) {
+                break;
+            }
+            let Some(batch) = state.queue.pop_front() else {
+                break;
+            };
+            if !batch.job.is_cancelled() {
+                drop(state);
+                drop(cancelled);
+                return Some(batch);
+            }
+            cancelled.push(batch);
+        }
+        None
     }
 
     /// The next batch to run; `None` when the driver should stop.
@@ -346,6 +389,8 @@ struct Connection {
     slot: usize,
     /// Items run by this worker, for `max_tasks_per_child`.
     items_done: usize,
+    /// Items sent to this worker (run or in flight).
+    items_sent: usize,
     header: Vec<u8>,
 }
 
@@ -379,6 +424,7 @@ impl Connection {
             pid,
             slot,
             items_done: 0,
+            items_sent: 0,
             header: Vec::with_capacity(128),
         };
         if shared.is_terminating() {
@@ -465,24 +511,42 @@ impl Connection {
         }
     }
 
-    /// Sends one request and waits for its answer, timing each item if the pool has
-    /// a task time limit. `Ok(Err(..))` is a batch the worker refused (it lives on).
+    /// Sends one request and waits for its answer. `Ok(Err(..))` is a batch the
+    /// worker refused (it lives on).
     fn exchange(
         &mut self,
         shared: &Shared,
         request: &Request<'_>,
     ) -> Result<Result<ResultFrame, Error>, LinkFailure> {
+        let id = self.send(shared, request)?;
+        self.receive(shared, id, request.count)
+    }
+
+    /// Writes one batch to the worker; returns its id.
+    fn send(&mut self, shared: &Shared, request: &Request<'_>) -> Result<u64, LinkFailure> {
         let id = shared.next_batch.fetch_add(1, Ordering::Relaxed);
-        let timeout = shared.config.task_timeout;
         let msg = ToWorker::Batch {
             id,
             task: request.task,
             first_index: request.first_index as u64,
             count: request.count,
-            progress: timeout.is_some() && request.count > 1,
+            progress: shared.config.task_timeout.is_some() && request.count > 1,
         };
         protocol::encode_header(&msg, &mut self.header)?;
         self.link.sender.send(&[&self.header, request.items])?;
+        self.items_sent += request.count as usize;
+        Ok(id)
+    }
+
+    /// Waits for the answer to batch `id` of `count` items, timing each item if the
+    /// pool has a task time limit.
+    fn receive(
+        &mut self,
+        shared: &Shared,
+        id: u64,
+        count: u32,
+    ) -> Result<Result<ResultFrame, Error>, LinkFailure> {
+        let timeout = shared.config.task_timeout;
         let mut done = 0;
         loop {
             let mut frame = Vec::new();
@@ -495,20 +559,20 @@ impl Connection {
             let (msg, rest) = protocol::decode_header::<FromWorker<'_>>(&frame)?;
             let offset = frame.len() - rest.len();
             match msg {
-                FromWorker::Progress { id: got, done: now } if got == id && now < request.count => {
+                FromWorker::Progress { id: got, done: now } if got == id && now < count => {
                     done = now;
                 }
-                FromWorker::Done { id: got, count } if got == id && count == request.count => {
+                FromWorker::Done { id: got, count: n } if got == id && n == count => {
                     self.items_done += count as usize;
                     return Ok(Ok(ResultFrame { frame, offset }));
                 }
                 FromWorker::Refused { id: got, reason } if got == id => {
+                    self.items_done += count as usize;
                     return Ok(Err(Error::protocol(reason)));
                 }
                 other => {
                     return Err(LinkFailure::Broken(Error::protocol(format!(
-                        "unexpected reply to batch {id} of {} items: {other:?}",
-                        request.count
+                        "unexpected reply to batch {id} of {count} items: {other:?}"
                     ))));
                 }
             }
@@ -600,6 +664,19 @@ fn first_failure(frame: &ResultFrame, task: &str, pid: u32) -> Result<Option<Err
     Ok(None)
 }
 
+/// Batches a driver keeps in flight on one worker, so the worker never waits for
+/// the pool between small batches.
+const PIPELINE_DEPTH: usize = 4;
+
+/// A worker that finished its last batch faster than this gets the next batches of
+/// the same task sent ahead.
+const SEND_AHEAD_BELOW: Duration = Duration::from_micros(500);
+
+/// Only frames up to this size are sent ahead: everything in flight must fit in the
+/// link's kernel buffer (64 KiB for a pipe), or pool and worker could both block
+/// writing to each other.
+const PIPELINE_MAX_FRAME: usize = 12 * 1024;
+
 /// The body of driver thread `slot`. Reports the first worker's start-up through
 /// `started`, then serves the queue until the pool closes.
 pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32, Error>>) {
@@ -610,62 +687,133 @@ pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32
         }
         Err(e) => {
             let _ = started.send(Err(e.duplicate()));
+            shared.set_occupied(&mut false, true);
             shared.driver_lost(e);
             return;
         }
     };
     drop(started);
-    while let Some(batch) = shared.next() {
-        let request = Request {
-            task: batch.task,
-            first_index: batch.first_index,
-            count: batch.count,
-            items: &batch.payload[batch.range.clone()],
-        };
-        let (outcome, worker_gone) = match conn.exchange(&shared, &request) {
-            Ok(outcome) => (Some(outcome), false),
-            // At-least-once: a batch lost with its worker runs again, up to the limit.
-            Err(LinkFailure::Closed)
-                if batch.retries < shared.config.retry_lost_tasks && !shared.is_terminating() =>
-            {
-                conn.reap(&shared);
-                (None, true)
+    // Time limits are measured per batch: no sending ahead then.
+    let depth = if shared.config.task_timeout.is_some() {
+        1
+    } else {
+        PIPELINE_DEPTH
+    };
+    let max_items = shared.config.max_tasks_per_child.unwrap_or(usize::MAX);
+    let mut in_flight: VecDeque<(Batch, u64)> = VecDeque::with_capacity(depth);
+    let mut occupied = false;
+    // Batches are sent ahead only while they are quick: for long tasks the round
+    // trip is negligible, and a batch queued behind a long one on this worker could
+    // have run at once on another.
+    let mut quick: Option<&'static str> = None; // the task whose last batch was quick
+    let mut busy_since = Instant::now();
+    loop {
+        let mut failure = None;
+        while in_flight.len() < depth && failure.is_none() {
+            let next = if in_flight.is_empty() {
+                shared.next()
+            } else if let Some(task) = quick.filter(|_| conn.items_sent < max_items) {
+                shared.try_next(|b| b.task == task && b.range.len() <= PIPELINE_MAX_FRAME)
+            } else {
+                None
+            };
+            let Some(batch) = next else { break };
+            if in_flight.is_empty() {
+                shared.set_occupied(&mut occupied, true);
+                busy_since = Instant::now();
             }
-            Err(failure) => {
-                let exit = conn.reap(&shared);
-                let error = failure_error(&shared, &batch, conn.pid, exit, failure);
-                (Some(Err(error)), true)
-            }
-        };
-        match outcome {
-            Some(outcome) => batch.complete(conn.pid, outcome),
-            None => {
-                let mut batch = batch;
-                batch.retries += 1;
-                shared.requeue(batch);
+            let request = Request {
+                task: batch.task,
+                first_index: batch.first_index,
+                count: batch.count,
+                items: &batch.payload[batch.range.clone()],
+            };
+            match conn.send(&shared, &request) {
+                Ok(id) => in_flight.push_back((batch, id)),
+                Err(f) => {
+                    in_flight.push_back((batch, 0));
+                    failure = Some(f);
+                }
             }
         }
-        if shared.is_terminating() {
-            break;
+        let Some((batch, id)) = in_flight.pop_front() else {
+            break; // nothing in flight and nothing queued: the pool is closing
+        };
+        if failure.is_none() {
+            match conn.receive(&shared, id, batch.count) {
+                Ok(outcome) => {
+                    let now = Instant::now();
+                    quick = (now - busy_since < SEND_AHEAD_BELOW).then_some(batch.task);
+                    busy_since = now;
+                    batch.complete(conn.pid, outcome);
+                    if in_flight.is_empty() {
+                        shared.set_occupied(&mut occupied, false);
+                    }
+                }
+                Err(f) => {
+                    in_flight.push_front((batch, id));
+                    failure = Some(f);
+                }
+            }
+        } else {
+            in_flight.push_front((batch, id));
         }
-        let recycle = shared
-            .config
-            .max_tasks_per_child
-            .is_some_and(|max| conn.items_done >= max);
-        if worker_gone || recycle {
-            if recycle {
-                conn.shutdown(&shared);
+        if let Some(failure) = failure {
+            // The worker is gone: every batch it held fails or runs again.
+            let exit = conn.reap(&shared);
+            let mut failure = Some(failure);
+            for (batch, _) in in_flight.drain(..) {
+                let cause = failure.take().unwrap_or(LinkFailure::Closed);
+                lost(&shared, batch, conn.pid, exit, cause);
+            }
+            quick = None;
+            shared.set_occupied(&mut occupied, false);
+            if shared.is_terminating() {
+                shared.set_occupied(&mut occupied, true);
+                return;
             }
             conn = match Connection::start(&shared, slot) {
                 Ok(conn) => conn,
                 Err(e) => {
+                    shared.set_occupied(&mut occupied, true);
+                    shared.driver_lost(e);
+                    return;
+                }
+            };
+            continue;
+        }
+        if shared.is_terminating() {
+            break;
+        }
+        if conn.items_done >= max_items && in_flight.is_empty() {
+            conn.shutdown(&shared);
+            conn = match Connection::start(&shared, slot) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    shared.set_occupied(&mut occupied, true);
                     shared.driver_lost(e);
                     return;
                 }
             };
         }
     }
+    shared.set_occupied(&mut occupied, true);
     conn.shutdown(&shared);
+}
+
+/// A batch whose worker failed: run it again if it was lost with a dead worker and
+/// may be retried, else complete it with the error.
+fn lost(shared: &Shared, mut batch: Batch, pid: u32, exit: WorkerExit, failure: LinkFailure) {
+    let retry = matches!(failure, LinkFailure::Closed)
+        && batch.retries < shared.config.retry_lost_tasks
+        && !shared.is_terminating();
+    if retry {
+        batch.retries += 1;
+        shared.requeue(batch);
+    } else {
+        let error = failure_error(shared, &batch, pid, exit, failure);
+        batch.complete(pid, Err(error));
+    }
 }
 
 /// The error a batch gets when its worker failed.
