@@ -64,8 +64,10 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
+/// `procpool::Bytes` is the Rust counterpart of Python's `bytes`: it crosses the
+/// process boundary as one block, where a `Vec<u8>` goes element by element.
 #[pool_task]
-fn identity(bytes: Vec<u8>) -> Vec<u8> {
+fn identity(bytes: procpool::Bytes) -> procpool::Bytes {
     bytes
 }
 
@@ -410,12 +412,13 @@ fn random_bytes(len: usize) -> Vec<u8> {
 }
 
 fn payload_1mib(bench: &Bench) -> Res<()> {
-    let blob = random_bytes(PAYLOAD_BYTES);
+    let blob = procpool::Bytes::from(random_bytes(PAYLOAD_BYTES));
     let mib = (PAYLOAD_BYTES * PAYLOAD_ITEMS) as f64 / (1 << 20) as f64;
     let pool = bench.pool()?;
     let items = || std::iter::repeat_n(&blob, PAYLOAD_ITEMS);
     let (best, times, out) = bench.best_time(|| Ok(pool.map_chunked(identity, items(), 1)?))?;
     assert!(out.len() == PAYLOAD_ITEMS && out.iter().all(|r| *r == blob));
+    let blob = blob.into_vec();
     drop(out);
     shutdown(pool)?;
     let rate = mib / best;

@@ -16,6 +16,7 @@
 
 #[cfg(feature = "progress")]
 mod bar;
+mod bytes;
 mod error;
 mod imap;
 mod pool;
@@ -29,6 +30,7 @@ pub mod task;
 pub mod transport;
 mod worker;
 
+pub use bytes::Bytes;
 pub use error::{Error, WorkerExit};
 pub use imap::Imap;
 pub use pool::{Pool, PoolBuilder};

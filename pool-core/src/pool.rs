@@ -128,14 +128,7 @@ impl PoolBuilder {
         let _ = task;
         let spec = entry_of::<F>().and_then(|entry| {
             let mut payload = Vec::new();
-            protocol::push_item(&mut payload, |b| protocol::encode_into(&args, b)).map_err(
-                |e| Error::Serialization {
-                    task: entry.name().to_owned(),
-                    index: 0,
-                    what: "serialized as an argument",
-                    message: e.to_string(),
-                },
-            )?;
+            push_argument(&mut payload, entry, 0, &args)?;
             Ok(Initializer {
                 task: entry.name(),
                 payload,
@@ -596,17 +589,21 @@ impl Pool {
     {
         let entry = entry_of::<F>()?;
         let chunksize = check_chunksize(chunksize)?;
-        let encoded = encode::<A, B>(entry, items.into_iter(), chunksize, self.processes())?;
-        let max_chunk = self.shared.config.link.max_frame - HEADER_ROOM;
+        let items = items.into_iter();
+        let (low, high) = items.size_hint();
+        if high == Some(low) {
+            return self
+                .submit_streaming::<A, B, T, R>(entry, items, low, chunksize, finish, callbacks);
+        }
+        let encoded = encode::<A, B>(entry, items, chunksize, self.processes())?;
+        let max_chunk = self.max_chunk();
         if let Some(c) = encoded.chunks.iter().find(|c| c.bytes.len() > max_chunk) {
-            return Err(Error::InvalidArgument(format!(
-                "a chunk of task `{}` starting at item {} needs {} bytes, over the frame limit of {} \
-                 bytes: use a smaller chunksize or raise max_frame_size",
-                entry.name(),
+            return Err(chunk_too_large(
+                entry,
                 c.first_index,
                 c.bytes.len(),
-                max_chunk
-            )));
+                max_chunk,
+            ));
         }
         if self.shared.is_closed() {
             return Err(Error::PoolClosed);
@@ -632,6 +629,86 @@ impl Pool {
             sink: Some(Arc::clone(&sink)),
         });
         self.shared.submit(batches)?;
+        Ok(AsyncResult::new(collector))
+    }
+
+    /// Largest encoded chunk that fits a frame.
+    fn max_chunk(&self) -> usize {
+        self.shared.config.link.max_frame - HEADER_ROOM
+    }
+
+    /// With the number of items known, each chunk goes to the workers as soon as it
+    /// is encoded, so encoding overlaps with the work.
+    fn submit_streaming<A, B, T, R>(
+        &self,
+        entry: &'static TaskEntry,
+        mut items: impl Iterator<Item = B>,
+        total: usize,
+        chunksize: Option<usize>,
+        finish: fn(Vec<T>) -> Result<R, Error>,
+        callbacks: Callbacks<R>,
+    ) -> Result<AsyncResult<R>, Error>
+    where
+        A: Serialize,
+        B: Borrow<A>,
+        T: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
+    {
+        if self.shared.is_closed() {
+            return Err(Error::PoolClosed);
+        }
+        let chunk = chunksize
+            .unwrap_or_else(|| default_chunksize(total, self.processes()))
+            .min(u32::MAX as usize);
+        let job = Arc::new(Job::default());
+        let collector =
+            Collector::<T, R>::new(entry.name(), Arc::clone(&job), total, finish, callbacks);
+        let sink: Arc<dyn ReplySink> = collector.clone();
+        // On any error, chunks already sent are cancelled and their results dropped.
+        let abandon = |e: Error| {
+            job.cancel();
+            e
+        };
+        let mut first = 0;
+        while first < total {
+            let count = chunk.min(total - first);
+            let mut buf = Vec::new();
+            for index in first..first + count {
+                let item = items.next().ok_or_else(|| {
+                    abandon(Error::InvalidArgument(format!(
+                        "the input promised {total} items (exact size_hint) but ended after {index}"
+                    )))
+                })?;
+                push_argument(&mut buf, entry, index, item.borrow()).map_err(abandon)?;
+            }
+            if buf.len() > self.max_chunk() {
+                return Err(abandon(chunk_too_large(
+                    entry,
+                    first,
+                    buf.len(),
+                    self.max_chunk(),
+                )));
+            }
+            let batch = Batch {
+                task: entry.name(),
+                first_index: first,
+                count: count as u32,
+                range: 0..buf.len(),
+                payload: Arc::new(buf),
+                job: Arc::clone(&job),
+                retries: 0,
+                sink: Some(Arc::clone(&sink)),
+            };
+            self.shared
+                .submit(std::iter::once(batch))
+                .map_err(abandon)?;
+            first += count;
+        }
+        if items.next().is_some() {
+            return Err(abandon(Error::InvalidArgument(format!(
+                "the input promised {total} items (exact size_hint) but yielded more"
+            ))));
+        }
         Ok(AsyncResult::new(collector))
     }
 
@@ -661,13 +738,7 @@ impl Pool {
         let task = entry.name();
         let source: Source = Box::new(move |buf: &mut Vec<u8>| {
             let item = items.next()?;
-            let result = protocol::push_item(buf, |b| protocol::encode_into(item.borrow(), b))
-                .map_err(|e| Error::Serialization {
-                    task: task.to_owned(),
-                    index,
-                    what: "serialized as an argument",
-                    message: e.to_string(),
-                });
+            let result = push_argument(buf, entry, index, item.borrow());
             index += 1;
             Some(result)
         });
@@ -693,6 +764,31 @@ fn entry_of<F: 'static>() -> Result<&'static TaskEntry, Error> {
     registry::by_type::<F>().ok_or_else(|| Error::NotRegistered {
         name: std::any::type_name::<F>().to_owned(),
     })
+}
+
+/// Appends item `index` of a call to `entry` as one length-prefixed argument tuple.
+fn push_argument<A: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    entry: &TaskEntry,
+    index: usize,
+    value: &A,
+) -> Result<(), Error> {
+    protocol::push_item(buf, |b| protocol::encode_into(value, b)).map_err(|e| {
+        Error::Serialization {
+            task: entry.name().to_owned(),
+            index,
+            what: "serialized as an argument",
+            message: e.to_string(),
+        }
+    })
+}
+
+fn chunk_too_large(entry: &TaskEntry, first_index: usize, bytes: usize, max_chunk: usize) -> Error {
+    Error::InvalidArgument(format!(
+        "a chunk of task `{}` starting at item {first_index} needs {bytes} bytes, over the frame \
+         limit of {max_chunk} bytes: use a smaller chunksize or raise max_frame_size",
+        entry.name()
+    ))
 }
 
 fn check_chunksize(chunksize: Option<usize>) -> Result<Option<usize>, Error> {
@@ -752,14 +848,7 @@ where
     let mut ends = Vec::new(); // (end offset, items so far)
     let mut len = 0usize;
     for item in items {
-        protocol::push_item(&mut buf, |b| protocol::encode_into(item.borrow(), b)).map_err(
-            |e| Error::Serialization {
-                task: entry.name().to_owned(),
-                index: len,
-                what: "serialized as an argument",
-                message: e.to_string(),
-            },
-        )?;
+        push_argument(&mut buf, entry, len, item.borrow())?;
         len += 1;
         if len.is_multiple_of(stride) {
             ends.push((buf.len(), len));

@@ -106,6 +106,11 @@ impl std::fmt::Debug for dyn ReplySink {
 }
 
 impl Batch {
+    /// Drops the batch without telling its sink.
+    fn disarm(mut self) {
+        self.sink = None;
+    }
+
     /// Hands the outcome to the sink.
     fn complete(mut self, pid: u32, outcome: Result<ResultFrame, Error>) {
         if let Some(sink) = self.sink.take() {
@@ -201,20 +206,36 @@ impl Shared {
     }
 
     /// Queues batches, or says why the pool takes no work.
+    /// Refused batches are disarmed: the caller gets the error, and the call's sink
+    /// (callbacks included) hears nothing.
     pub(crate) fn submit(&self, batches: impl IntoIterator<Item = Batch>) -> Result<(), Error> {
         let mut state = lock(&self.state);
-        if state.closed || self.is_terminating() {
-            return Err(Error::PoolClosed);
+        let refused = if state.closed || self.is_terminating() {
+            Some(Error::PoolClosed)
+        } else if state.live == 0 {
+            Some(
+                state
+                    .fatal
+                    .as_ref()
+                    .map_or(Error::PoolClosed, Error::duplicate),
+            )
+        } else {
+            None
+        };
+        if let Some(error) = refused {
+            drop(state);
+            batches.into_iter().for_each(Batch::disarm);
+            return Err(error);
         }
-        if state.live == 0 {
-            return Err(state
-                .fatal
-                .as_ref()
-                .map_or(Error::PoolClosed, Error::duplicate));
-        }
+        let before = state.queue.len();
         state.queue.extend(batches);
+        let added = state.queue.len() - before;
         drop(state);
-        self.work.notify_all();
+        if added == 1 {
+            self.work.notify_one();
+        } else {
+            self.work.notify_all();
+        }
         Ok(())
     }
 
