@@ -33,7 +33,9 @@ use rayon::prelude::*;
 
 type Res<T> = Result<T, Box<dyn StdError>>;
 
-const SCENARIOS: [&str; 7] = [
+/// The shared baseline's scenarios, then `payload_64mib` (procpool only: big
+/// payloads, for choosing a transport).
+const SCENARIOS: [&str; 8] = [
     "map_tiny",
     "map_tiny_chunk1",
     "apply_rtt",
@@ -41,6 +43,7 @@ const SCENARIOS: [&str; 7] = [
     "payload_1mib",
     "cpu_bound",
     "imap_stream",
+    "payload_64mib",
 ];
 const MAP_TINY_N: u64 = 1_000_000;
 const MAP_TINY_CHUNK1_N: u64 = 20_000;
@@ -128,6 +131,7 @@ fn run() -> Res<()> {
             "payload_1mib" => payload_1mib(&bench)?,
             "cpu_bound" => cpu_bound(&bench)?,
             "imap_stream" => imap_stream(&bench)?,
+            "payload_64mib" => payload_64mib(&bench)?,
             _ => unreachable!("scenario names are checked by parse_args"),
         }
         log(&format!(
@@ -460,6 +464,27 @@ fn payload_1mib(bench: &Bench) -> Res<()> {
             "MiB/s",
         );
     }
+    Ok(())
+}
+
+/// `map_chunked(identity, [64 MiB] x 8, 1)`, MiB/s one way.
+fn payload_64mib(bench: &Bench) -> Res<()> {
+    const BYTES: usize = 64 << 20;
+    const ITEMS: usize = 8;
+    let blob = procpool::Bytes::from(random_bytes(BYTES));
+    let pool = bench.pool()?;
+    let (best, times, out) = bench.best_time(|| {
+        Ok(pool.map_chunked(identity, std::iter::repeat_n(&blob, ITEMS), 1)?)
+    })?;
+    assert!(out.len() == ITEMS && out.iter().all(|r| *r == blob));
+    drop(out);
+    shutdown(pool)?;
+    let rate = (BYTES * ITEMS) as f64 / (1 << 20) as f64 / best;
+    log(&format!(
+        "payload_64mib: {rate:.1} MiB/s one way  ({ITEMS} x 64 MiB; {})",
+        fmt_times(&times)
+    ));
+    bench.emit("payload_64mib", "throughput", rate, "MiB/s");
     Ok(())
 }
 
