@@ -473,9 +473,8 @@ fn payload_64mib(bench: &Bench) -> Res<()> {
     const ITEMS: usize = 8;
     let blob = procpool::Bytes::from(random_bytes(BYTES));
     let pool = bench.pool()?;
-    let (best, times, out) = bench.best_time(|| {
-        Ok(pool.map_chunked(identity, std::iter::repeat_n(&blob, ITEMS), 1)?)
-    })?;
+    let (best, times, out) = bench
+        .best_time(|| Ok(pool.map_chunked(identity, std::iter::repeat_n(&blob, ITEMS), 1)?))?;
     assert!(out.len() == ITEMS && out.iter().all(|r| *r == blob));
     drop(out);
     shutdown(pool)?;

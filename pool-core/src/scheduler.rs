@@ -183,6 +183,9 @@ pub(crate) struct Shared {
     terminating: AtomicBool,
     /// The worker process of each driver, so `terminate` can kill it.
     children: Vec<Mutex<Option<Child>>>,
+    /// Each driver's connection to its worker. The driver holds it while it has work
+    /// in flight; while the driver waits for work, `run_direct` may borrow it.
+    links: Vec<Mutex<Option<Connection>>>,
     next_batch: AtomicU64,
 }
 
@@ -201,6 +204,7 @@ impl Shared {
             work: Condvar::new(),
             terminating: AtomicBool::new(false),
             children: (0..processes).map(|_| Mutex::new(None)).collect(),
+            links: (0..processes).map(|_| Mutex::new(None)).collect(),
             next_batch: AtomicU64::new(1),
         }
     }
@@ -251,6 +255,56 @@ impl Shared {
             }
             *occupied = now;
         }
+    }
+
+    /// Runs one request on an idle worker from the calling thread, skipping the two
+    /// thread hand-offs of the queue (the caller writes, the caller reads). `None`
+    /// when no worker is idle or the pool's options need the driver (worker
+    /// recycling, retries): the caller then queues the request as usual.
+    pub(crate) fn run_direct(&self, task: &'static str, items: &[u8]) -> Option<Reply> {
+        if self.config.max_tasks_per_child.is_some() || self.config.retry_lost_tasks > 0 {
+            return None;
+        }
+        {
+            let state = lock(&self.state);
+            if state.closed
+                || self.is_terminating()
+                || !state.queue.is_empty()
+                || state.available == 0
+            {
+                return None;
+            }
+        }
+        for link in &self.links {
+            let Ok(mut guard) = link.try_lock() else {
+                continue; // busy with its driver, or another direct call
+            };
+            let Some(conn) = guard.as_mut() else {
+                continue; // being replaced: the driver starts a new worker with its next batch
+            };
+            let request = Request {
+                task,
+                first_index: 0,
+                count: 1,
+                items,
+            };
+            let pid = conn.pid;
+            let outcome = match conn.exchange(self, &request) {
+                Ok(outcome) => outcome,
+                Err(failure) => {
+                    let exit = conn.reap(self);
+                    *guard = None;
+                    Err(failure_error(self, task, 0, pid, exit, failure))
+                }
+            };
+            return Some(Reply {
+                first_index: 0,
+                count: 1,
+                pid,
+                outcome,
+            });
+        }
+        None
     }
 
     /// Puts a batch whose worker died back at the head of the queue.
@@ -404,6 +458,7 @@ struct Request<'a> {
 }
 
 /// One live worker process and the link to it.
+#[derive(Debug)]
 struct Connection {
     link: Link,
     pid: u32,
@@ -701,10 +756,10 @@ const PIPELINE_MAX_FRAME: usize = 12 * 1024;
 /// The body of driver thread `slot`. Reports the first worker's start-up through
 /// `started`, then serves the queue until the pool closes.
 pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32, Error>>) {
-    let mut conn = match Connection::start(&shared, slot) {
+    match Connection::start(&shared, slot) {
         Ok(conn) => {
             let _ = started.send(Ok(conn.pid));
-            conn
+            *lock(&shared.links[slot]) = Some(conn);
         }
         Err(e) => {
             let _ = started.send(Err(e.duplicate()));
@@ -712,8 +767,29 @@ pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32
             shared.driver_lost(e);
             return;
         }
-    };
+    }
     drop(started);
+    serve(&shared, slot);
+    if let Some(conn) = lock(&shared.links[slot]).take() {
+        conn.shutdown(&shared);
+    }
+}
+
+/// The connection behind a held link, starting a new worker if the last one was
+/// lost by a direct call.
+fn connection<'a>(
+    shared: &Shared,
+    slot: usize,
+    link: &'a mut MutexGuard<'_, Option<Connection>>,
+) -> Result<&'a mut Connection, Error> {
+    if link.is_none() {
+        **link = Some(Connection::start(shared, slot)?);
+    }
+    link.as_mut().ok_or(Error::PoolClosed)
+}
+
+/// The driver's loop: batches from the queue to the worker of `slot` and back.
+fn serve(shared: &Shared, slot: usize) {
     // Time limits are measured per batch: no sending ahead then.
     let depth = if shared.config.task_timeout.is_some() {
         1
@@ -728,28 +804,48 @@ pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32
     // have run at once on another.
     let mut quick: Option<&'static str> = None; // the task whose last batch was quick
     let mut busy_since = Instant::now();
+    // Held while work is in flight; released while waiting for work.
+    let mut link: Option<MutexGuard<'_, Option<Connection>>> = None;
     loop {
         let mut failure = None;
         while in_flight.len() < depth && failure.is_none() {
             let next = if in_flight.is_empty() {
+                link = None;
                 shared.next()
-            } else if let Some(task) = quick.filter(|_| conn.items_sent < max_items) {
-                shared.try_next(|b| b.task == task && b.range.len() <= PIPELINE_MAX_FRAME)
             } else {
-                None
+                let items_sent = link
+                    .as_ref()
+                    .and_then(|l| l.as_ref())
+                    .map_or(usize::MAX, |c| c.items_sent);
+                match quick.filter(|_| items_sent < max_items) {
+                    Some(task) => {
+                        shared.try_next(|b| b.task == task && b.range.len() <= PIPELINE_MAX_FRAME)
+                    }
+                    None => None,
+                }
             };
             let Some(batch) = next else { break };
             if in_flight.is_empty() {
                 shared.set_occupied(&mut occupied, true);
                 busy_since = Instant::now();
             }
+            let held = link.get_or_insert_with(|| lock(&shared.links[slot]));
+            let conn = match connection(shared, slot, held) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    shared.requeue(batch);
+                    shared.set_occupied(&mut occupied, true);
+                    shared.driver_lost(e);
+                    return;
+                }
+            };
             let request = Request {
                 task: batch.task,
                 first_index: batch.first_index,
                 count: batch.count,
                 items: &batch.payload[batch.range.clone()],
             };
-            match conn.send(&shared, &request) {
+            match conn.send(shared, &request) {
                 Ok(id) => in_flight.push_back((batch, id)),
                 Err(f) => {
                     in_flight.push_back((batch, 0));
@@ -760,8 +856,13 @@ pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32
         let Some((batch, id)) = in_flight.pop_front() else {
             break; // nothing in flight and nothing queued: the pool is closing
         };
+        // Work is in flight, so the link is held and has a connection.
+        let Some(conn) = link.as_mut().and_then(|l| l.as_mut()) else {
+            batch.complete(0, Err(Error::protocol("driver lost its connection")));
+            continue;
+        };
         if failure.is_none() {
-            match conn.receive(&shared, id, batch.count) {
+            match conn.receive(shared, id, batch.count) {
                 Ok(outcome) => {
                     let now = Instant::now();
                     quick = (now - busy_since < SEND_AHEAD_BELOW).then_some(batch.task);
@@ -781,45 +882,50 @@ pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32
         }
         if let Some(failure) = failure {
             // The worker is gone: every batch it held fails or runs again.
-            let exit = conn.reap(&shared);
+            let exit = conn.reap(shared);
+            let pid = conn.pid;
             let mut failure = Some(failure);
             for (batch, _) in in_flight.drain(..) {
                 let cause = failure.take().unwrap_or(LinkFailure::Closed);
-                lost(&shared, batch, conn.pid, exit, cause);
+                lost(shared, batch, pid, exit, cause);
             }
             quick = None;
             shared.set_occupied(&mut occupied, false);
+            if let Some(held) = link.as_mut() {
+                **held = None;
+            }
             if shared.is_terminating() {
                 shared.set_occupied(&mut occupied, true);
                 return;
             }
-            conn = match Connection::start(&shared, slot) {
-                Ok(conn) => conn,
-                Err(e) => {
-                    shared.set_occupied(&mut occupied, true);
-                    shared.driver_lost(e);
-                    return;
-                }
-            };
+            // Replace the worker now rather than with the next batch.
+            if let Some(held) = link.as_mut()
+                && let Err(e) = connection(shared, slot, held)
+            {
+                shared.set_occupied(&mut occupied, true);
+                shared.driver_lost(e);
+                return;
+            }
             continue;
         }
         if shared.is_terminating() {
             break;
         }
-        if conn.items_done >= max_items && in_flight.is_empty() {
-            conn.shutdown(&shared);
-            conn = match Connection::start(&shared, slot) {
-                Ok(conn) => conn,
-                Err(e) => {
-                    shared.set_occupied(&mut occupied, true);
-                    shared.driver_lost(e);
-                    return;
-                }
-            };
+        if conn.items_done >= max_items
+            && in_flight.is_empty()
+            && let Some(held) = link.as_mut()
+        {
+            if let Some(old) = held.take() {
+                old.shutdown(shared);
+            }
+            if let Err(e) = connection(shared, slot, held) {
+                shared.set_occupied(&mut occupied, true);
+                shared.driver_lost(e);
+                return;
+            }
         }
     }
     shared.set_occupied(&mut occupied, true);
-    conn.shutdown(&shared);
 }
 
 /// A batch whose worker failed: run it again if it was lost with a dead worker and
@@ -832,15 +938,16 @@ fn lost(shared: &Shared, mut batch: Batch, pid: u32, exit: WorkerExit, failure: 
         batch.retries += 1;
         shared.requeue(batch);
     } else {
-        let error = failure_error(shared, &batch, pid, exit, failure);
+        let error = failure_error(shared, batch.task, batch.first_index, pid, exit, failure);
         batch.complete(pid, Err(error));
     }
 }
 
-/// The error a batch gets when its worker failed.
+/// The error a chunk of `task` starting at `first_index` gets when its worker failed.
 fn failure_error(
     shared: &Shared,
-    batch: &Batch,
+    task: &str,
+    first_index: usize,
     pid: u32,
     exit: WorkerExit,
     failure: LinkFailure,
@@ -850,14 +957,14 @@ fn failure_error(
     }
     match failure {
         LinkFailure::Closed => Error::WorkerDied {
-            task: batch.task.to_owned(),
+            task: task.to_owned(),
             pid,
             exit,
-            index: batch.first_index,
+            index: first_index,
         },
         LinkFailure::TimedOut { done } => Error::Timeout {
-            task: Some(batch.task.to_owned()),
-            index: Some(batch.first_index + done as usize),
+            task: Some(task.to_owned()),
+            index: Some(first_index + done as usize),
             pid: Some(pid),
             after: shared.config.task_timeout.unwrap_or_default(),
         },
