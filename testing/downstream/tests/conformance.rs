@@ -245,12 +245,18 @@ fn worker_death(s: Setup) {
     assert_eq!(pool.apply(square, (3u64,)).unwrap(), 9, "replaced");
 }
 
-fn parent_death(s: Setup) {
-    let mut parent = Command::new(env!("CARGO_BIN_EXE_hold_pool"))
+/// Starts `hold_pool` (in a process group of its own if `own_group`, like a shell
+/// job) and returns it with its workers' pids.
+fn hold_pool(s: Setup, own_group: bool) -> (std::process::Child, Vec<u32>) {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hold_pool"));
+    command
         .env("PROCPOOL_TEST_TRANSPORT", s.transport)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::piped());
+    if own_group {
+        command.process_group(0);
+    }
+    let mut parent = command.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(parent.stdout.take().unwrap())
         .read_line(&mut line)
@@ -260,14 +266,26 @@ fn parent_death(s: Setup) {
         .map(|p| p.parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 2, "{line}");
-    parent.kill().unwrap();
-    parent.wait().unwrap();
-    // A liveness bound, not a timing claim: the death signal is immediate.
-    let gone = (0..500).any(|_| {
+    assert!(pids.iter().all(|&p| exists(p)));
+    (parent, pids)
+}
+
+/// True once none of `pids` exists; a liveness bound of 10 s, not a timing claim.
+fn all_gone(pids: &[u32]) -> bool {
+    (0..500).any(|_| {
         std::thread::sleep(Duration::from_millis(20));
         pids.iter().all(|&p| !exists(p))
-    });
-    assert!(gone, "workers outlived their killed parent: {pids:?}");
+    })
+}
+
+fn parent_death(s: Setup) {
+    let (mut parent, pids) = hold_pool(s, false);
+    parent.kill().unwrap(); // SIGKILL: no destructor runs in the parent
+    parent.wait().unwrap();
+    assert!(
+        all_gone(&pids),
+        "workers outlived their killed parent: {pids:?}"
+    );
 }
 
 fn no_leaks_after_a_thousand_pools(s: Setup) {
@@ -298,31 +316,11 @@ fn no_leaks_after_a_thousand_pools(s: Setup) {
 }
 
 fn ctrl_c_ends_the_program_and_its_workers(s: Setup) {
-    use std::os::unix::process::CommandExt;
-    let mut parent = Command::new(env!("CARGO_BIN_EXE_hold_pool"))
-        .env("PROCPOOL_TEST_TRANSPORT", s.transport)
-        .process_group(0) // like a shell job: Ctrl-C goes to the whole group
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(parent.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let pids: Vec<u32> = line
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
-    assert_eq!(pids.len(), 2, "{line}");
+    let (mut parent, pids) = hold_pool(s, true);
     let group = rustix::process::Pid::from_raw(parent.id() as i32).unwrap();
     rustix::process::kill_process_group(group, rustix::process::Signal::INT).unwrap();
-    let status = parent.wait().unwrap();
-    assert!(!status.success());
-    let gone = (0..500).any(|_| {
-        std::thread::sleep(Duration::from_millis(20));
-        pids.iter().all(|&p| !exists(p))
-    });
-    assert!(gone, "workers outlived Ctrl-C: {pids:?}");
+    assert!(!parent.wait().unwrap().success());
+    assert!(all_gone(&pids), "workers outlived Ctrl-C: {pids:?}");
 }
 
 fn many_threads_one_pool(s: Setup) {
