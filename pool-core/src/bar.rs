@@ -56,7 +56,7 @@ impl Pool {
     }
 }
 
-impl<R: DeserializeOwned> Imap<R> {
+impl<R: DeserializeOwned + Send + 'static> Imap<R> {
     /// Draws a progress bar on stderr as results arrive; it finishes when the
     /// stream does.
     #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]

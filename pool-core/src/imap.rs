@@ -11,6 +11,30 @@ use crate::error::Error;
 use crate::result::{self, Progress};
 use crate::scheduler::{Batch, Job, Reply, ReplySink, Shared};
 
+/// One item's result as the stream keeps it: the error boxed, so items stay small.
+type Item<R> = Result<R, Box<Error>>;
+
+/// A decoded chunk: its first index and its items.
+type Chunk<R> = (usize, Vec<Item<R>>);
+
+/// Decodes replies on the pool thread that received them, so the consumer only
+/// moves finished values.
+struct Decoder<R> {
+    task: &'static str,
+    chunks: Sender<Chunk<R>>,
+}
+
+impl<R: DeserializeOwned + Send> ReplySink for Decoder<R> {
+    fn deliver(&self, reply: Reply) {
+        let first = reply.first_index;
+        let mut items = Vec::with_capacity(reply.count as usize);
+        result::decode_reply(self.task, reply, |_, r: Result<R, Error>| {
+            items.push(r.map_err(Box::new));
+        });
+        let _ = self.chunks.send((first, items));
+    }
+}
+
 /// Encodes the next input item into the buffer; `None` at the end of the input.
 pub(crate) type Source = Box<dyn FnMut(&mut Vec<u8>) -> Option<Result<(), Error>> + Send>;
 
@@ -36,15 +60,16 @@ pub struct Imap<R> {
     ordered: bool,
     job: Arc<Job>,
     sink: Arc<dyn ReplySink>,
-    replies: Receiver<Reply>,
+    replies: Receiver<Chunk<R>>,
     /// Items read from the input / handed to the consumer.
     read: usize,
     yielded: usize,
     in_flight: usize,
     /// Ordered mode: chunks that arrived early, by first index.
-    early: BTreeMap<usize, Vec<Result<R, Error>>>,
+    early: BTreeMap<usize, Vec<Item<R>>>,
     next_expected: usize,
-    ready: VecDeque<Result<R, Error>>,
+    /// Chunks ready to hand out, in order.
+    ready: VecDeque<std::vec::IntoIter<Item<R>>>,
     /// An error to yield once everything before it has been yielded.
     last_error: Option<Error>,
     total: Option<usize>,
@@ -64,7 +89,7 @@ impl<R> std::fmt::Debug for Imap<R> {
     }
 }
 
-impl<R: DeserializeOwned> Imap<R> {
+impl<R: DeserializeOwned + Send + 'static> Imap<R> {
     pub(crate) fn new(
         shared: Arc<Shared>,
         task: &'static str,
@@ -73,7 +98,7 @@ impl<R: DeserializeOwned> Imap<R> {
         chunksize: usize,
         ordered: bool,
     ) -> Self {
-        let (tx, replies): (Sender<Reply>, _) = mpsc::channel();
+        let (tx, replies) = mpsc::channel();
         let ahead = CHUNKS_PER_WORKER
             .saturating_mul(shared.config.processes)
             .saturating_mul(chunksize);
@@ -85,7 +110,7 @@ impl<R: DeserializeOwned> Imap<R> {
             ahead,
             ordered,
             job: Arc::new(Job::default()),
-            sink: Arc::new(tx),
+            sink: Arc::new(Decoder { task, chunks: tx }),
             replies,
             read: 0,
             yielded: 0,
@@ -158,25 +183,22 @@ impl<R: DeserializeOwned> Imap<R> {
         }
     }
 
-    fn receive(&mut self, reply: Reply) {
+    fn receive(&mut self, (first, items): Chunk<R>) {
         self.in_flight -= 1;
-        let first = reply.first_index;
-        let mut items = Vec::with_capacity(reply.count as usize);
-        result::decode_reply(self.task, reply, |_, r| items.push(r));
         if self.ordered {
             self.early.insert(first, items);
             while let Some(chunk) = self.early.remove(&self.next_expected) {
                 self.next_expected += chunk.len();
-                self.ready.extend(chunk);
+                self.ready.push_back(chunk.into_iter());
             }
         } else {
-            self.ready.extend(items);
+            self.ready.push_back(items.into_iter());
         }
         if let Some(f) = self.on_progress.as_mut() {
-            let done =
-                self.yielded + self.ready.len() + self.early.values().map(Vec::len).sum::<usize>();
+            let waiting: usize = self.ready.iter().map(ExactSizeIterator::len).sum::<usize>()
+                + self.early.values().map(Vec::len).sum::<usize>();
             f(Progress {
-                done,
+                done: self.yielded + waiting,
                 total: self.total,
                 elapsed: self.started.elapsed(),
             });
@@ -184,15 +206,21 @@ impl<R: DeserializeOwned> Imap<R> {
     }
 }
 
-impl<R: DeserializeOwned> Iterator for Imap<R> {
+impl<R: DeserializeOwned + Send + 'static> Iterator for Imap<R> {
     type Item = Result<R, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(item) = self.ready.pop_front() {
-                self.yielded += 1;
-                self.fill();
-                return Some(item);
+            if let Some(chunk) = self.ready.front_mut() {
+                if let Some(item) = chunk.next() {
+                    self.yielded += 1;
+                    if (self.read - self.yielded).is_multiple_of(self.chunksize) {
+                        self.fill();
+                    }
+                    return Some(item.map_err(|e| *e));
+                }
+                self.ready.pop_front();
+                continue;
             }
             self.fill();
             if self.in_flight == 0 {
@@ -200,14 +228,15 @@ impl<R: DeserializeOwned> Iterator for Imap<R> {
             }
             // Every submitted chunk answers exactly once (run, failed or dropped),
             // and this iterator holds a sender, so this cannot disconnect.
-            let reply = self.replies.recv().ok()?;
-            self.receive(reply);
+            let chunk = self.replies.recv().ok()?;
+            self.receive(chunk);
         }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         let left = self.total.map(|t| t.saturating_sub(self.yielded));
-        (self.ready.len(), left)
+        let ready = self.ready.iter().map(ExactSizeIterator::len).sum();
+        (ready, left)
     }
 }
 
