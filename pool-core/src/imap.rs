@@ -65,6 +65,8 @@ pub struct Imap<R> {
     read: usize,
     yielded: usize,
     in_flight: usize,
+    /// Size of the last chunk sent, to size the next one's buffer.
+    last_chunk_bytes: usize,
     /// Ordered mode: chunks that arrived early, by first index.
     early: BTreeMap<usize, Vec<Item<R>>>,
     next_expected: usize,
@@ -115,6 +117,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
             read: 0,
             yielded: 0,
             in_flight: 0,
+            last_chunk_bytes: 0,
             early: BTreeMap::new(),
             next_expected: 0,
             ready: VecDeque::new(),
@@ -142,7 +145,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
             let Some(source) = self.source.as_mut() else {
                 return;
             };
-            let mut buf = Vec::new();
+            let mut buf = Vec::with_capacity(self.last_chunk_bytes + 16);
             let mut count = 0u32;
             while (count as usize) < self.chunksize {
                 match source(&mut buf) {
@@ -161,6 +164,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
             if count == 0 {
                 return;
             }
+            self.last_chunk_bytes = buf.len();
             let batch = Batch {
                 task: self.task,
                 first_index: self.read,

@@ -684,9 +684,10 @@ impl Pool {
             e
         };
         let mut first = 0;
+        let mut last_len = 0; // bytes of the previous chunk: the next one is sized alike
         while first < total {
             let count = chunk.min(total - first);
-            let mut buf = Vec::new();
+            let mut buf = Vec::with_capacity(last_len.max(count.min(1 << 16) * 2) + 16);
             for index in first..first + count {
                 let item = items.next().ok_or_else(|| {
                     abandon(Error::InvalidArgument(format!(
@@ -703,6 +704,7 @@ impl Pool {
                     self.max_chunk(),
                 )));
             }
+            last_len = buf.len();
             let batch = Batch {
                 task: entry.name(),
                 first_index: first,
