@@ -105,19 +105,13 @@ mod tests {
 
     /// Each error of `#[procpool::main(args)] item` with the source text it points at.
     fn errors(args: &str, item: &str) -> Vec<(String, Option<String>)> {
-        let mut found = Errors::default();
-        let _ = Options::parse("procpool::main", args.parse().unwrap(), &mut found);
-        match item::parse_fn(item.parse().unwrap(), "#[procpool::main] goes on `fn main`") {
-            Ok(function) => check(&function.sig, &mut found),
-            Err(error) => found.push(error),
-        }
-        match found.finish() {
-            Ok(()) => Vec::new(),
-            Err(error) => error
-                .into_iter()
-                .map(|e| (e.to_string(), e.span().source_text()))
-                .collect(),
-        }
+        crate::error::testing::errors(
+            "procpool::main",
+            "#[procpool::main] goes on `fn main`",
+            check,
+            args,
+            item,
+        )
     }
 
     #[test]

@@ -110,6 +110,40 @@ fn space_between_words(text: &mut String) {
     }
 }
 
+/// Test helper shared by the attribute modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    use syn::Signature;
+
+    use super::Errors;
+    use crate::attr::Options;
+    use crate::item;
+
+    /// Each error of `#[name(args)] item`, validated by `check`, with the source
+    /// text it points at (`None` for the attribute itself).
+    pub(crate) fn errors(
+        name: &str,
+        not_a_fn: &str,
+        check: fn(&Signature, &mut Errors),
+        args: &str,
+        item: &str,
+    ) -> Vec<(String, Option<String>)> {
+        let mut found = Errors::default();
+        let _ = Options::parse(name, args.parse().unwrap(), &mut found);
+        match item::parse_fn(item.parse().unwrap(), not_a_fn) {
+            Ok(function) => check(&function.sig, &mut found),
+            Err(error) => found.push(error),
+        }
+        match found.finish() {
+            Ok(()) => Vec::new(),
+            Err(error) => error
+                .into_iter()
+                .map(|e| (e.to_string(), e.span().source_text()))
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proc_macro2::Span;
