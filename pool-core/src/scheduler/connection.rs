@@ -1,0 +1,389 @@
+//! One worker process and the link to it: start-up, handshake, initializer, and
+//! the exchange of batches.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{ResultFrame, Shared, lock};
+use crate::error::{Error, WorkerExit};
+use crate::protocol::{self, FromWorker, MAGIC, PROTOCOL_VERSION, ToWorker};
+use crate::registry;
+use crate::runtime::{MARKER_ENV, Marker};
+use crate::sys;
+use crate::transport::{Link, Received};
+
+/// How a link to a worker failed.
+#[derive(Debug)]
+pub(super) enum LinkFailure {
+    /// The worker went away (end of stream, broken pipe).
+    Closed,
+    /// An item ran past the task time limit; `done` items of the batch had finished.
+    TimedOut { done: u32 },
+    /// The worker sent something it should not have; it is killed.
+    Broken(Error),
+}
+
+impl From<Error> for LinkFailure {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io(_) => LinkFailure::Closed,
+            other => LinkFailure::Broken(other),
+        }
+    }
+}
+
+/// One chunk of work as it goes on the wire.
+pub(super) struct Request<'a> {
+    pub(super) task: &'static str,
+    pub(super) first_index: usize,
+    pub(super) count: u32,
+    pub(super) items: &'a [u8],
+}
+
+/// One live worker process and the link to it.
+#[derive(Debug)]
+pub(super) struct Connection {
+    pub(super) link: Link,
+    pub(super) pid: u32,
+    pub(super) slot: usize,
+    /// Items run by this worker, for `max_tasks_per_child`.
+    pub(super) items_done: usize,
+    /// Items sent to this worker (run or in flight).
+    pub(super) items_sent: usize,
+    pub(super) header: Vec<u8>,
+}
+
+impl Connection {
+    /// Starts a worker for driver `slot`, completes the handshake and runs the
+    /// initializer.
+    pub(super) fn start(shared: &Shared, slot: usize) -> Result<Connection, Error> {
+        let config = &shared.config;
+        let mut command = Command::new("/proc/self/exe");
+        let mut args = std::env::args_os();
+        if let Some(arg0) = args.next() {
+            std::os::unix::process::CommandExt::arg0(&mut command, arg0);
+        }
+        command.args(args);
+        let marker = Marker {
+            transport: config.transport.name().to_owned(),
+            parent: std::process::id(),
+            max_frame: config.link.max_frame,
+            secret: config.secret,
+        };
+        command
+            .env(MARKER_ENV, marker.encode())
+            .stdin(Stdio::null());
+        sys::prepare_worker(&mut command, rustix::process::getpid(), config.memory_limit);
+
+        let (child, link) = config.transport.spawn(command, config.link)?;
+        let pid = child.id();
+        *lock(&shared.children[slot]) = Some(child);
+        let mut conn = Connection {
+            link,
+            pid,
+            slot,
+            items_done: 0,
+            items_sent: 0,
+            header: Vec::with_capacity(128),
+        };
+        if shared.is_terminating() {
+            conn.reap(shared);
+            return Err(Error::PoolClosed);
+        }
+        let ready = conn
+            .handshake(config.startup_timeout, config.secret)
+            .and_then(|()| conn.initialize(shared));
+        match ready {
+            Ok(()) => Ok(conn),
+            Err(failure) => {
+                let exit = conn.reap(shared);
+                Err(match failure {
+                    LinkFailure::Closed => Error::Startup(format!(
+                        "worker {pid} {exit} before the handshake: make procpool::init() the first \
+                         line of main (or use #[procpool::main] / procpool::test_support!())"
+                    )),
+                    LinkFailure::TimedOut { .. } => Error::Timeout {
+                        task: config.initializer.as_ref().map(|i| i.task.to_owned()),
+                        index: None,
+                        pid: Some(pid),
+                        after: config.task_timeout.unwrap_or(config.startup_timeout),
+                    },
+                    LinkFailure::Broken(e) => e,
+                })
+            }
+        }
+    }
+
+    fn handshake(&mut self, timeout: Duration, shared_secret: u128) -> Result<(), LinkFailure> {
+        let mut frame = Vec::new();
+        match self
+            .link
+            .receiver
+            .recv(&mut frame, Some(Instant::now() + timeout))?
+        {
+            Received::Frame => {}
+            Received::Closed => return Err(LinkFailure::Closed),
+            Received::TimedOut => {
+                return Err(LinkFailure::Broken(Error::Startup(format!(
+                    "worker {} did not answer within {timeout:?}: is procpool::init() the first \
+                     line of main?",
+                    self.pid
+                ))));
+            }
+        }
+        let hello = match protocol::decode_header::<FromWorker<'_>>(&frame)?.0 {
+            FromWorker::Hello(hello) => hello,
+            other => {
+                return Err(LinkFailure::Broken(Error::protocol(format!(
+                    "expected a handshake, got {other:?}"
+                ))));
+            }
+        };
+        let problem = check_hello(&hello, self.pid, shared_secret);
+        match problem {
+            Some(p) => Err(LinkFailure::Broken(Error::protocol(p))),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the pool's initializer, if any; a failure keeps the worker out of the pool.
+    fn initialize(&mut self, shared: &Shared) -> Result<(), LinkFailure> {
+        let Some(init) = &shared.config.initializer else {
+            return Ok(());
+        };
+        let request = Request {
+            task: init.task,
+            first_index: 0,
+            count: 1,
+            items: &init.payload,
+        };
+        let frame = self
+            .exchange(shared, &request)?
+            .map_err(LinkFailure::Broken)?;
+        match first_failure(&frame, init.task, self.pid) {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) | Err(e) => Err(LinkFailure::Broken(Error::InitializerFailed {
+                task: init.task.to_owned(),
+                pid: self.pid,
+                source: Box::new(e),
+            })),
+        }
+    }
+
+    /// Sends one request and waits for its answer. `Ok(Err(..))` is a batch the
+    /// worker refused (it lives on).
+    pub(super) fn exchange(
+        &mut self,
+        shared: &Shared,
+        request: &Request<'_>,
+    ) -> Result<Result<ResultFrame, Error>, LinkFailure> {
+        let id = self.send(shared, request)?;
+        self.receive(shared, id, request.count)
+    }
+
+    /// Writes one batch to the worker; returns its id.
+    pub(super) fn send(
+        &mut self,
+        shared: &Shared,
+        request: &Request<'_>,
+    ) -> Result<u64, LinkFailure> {
+        let id = shared.next_batch.fetch_add(1, Ordering::Relaxed);
+        let msg = ToWorker::Batch {
+            id,
+            task: request.task,
+            first_index: request.first_index as u64,
+            count: request.count,
+            progress: shared.config.task_timeout.is_some() && request.count > 1,
+        };
+        protocol::encode_header(&msg, &mut self.header)?;
+        self.link.sender.send(&[&self.header, request.items])?;
+        self.items_sent += request.count as usize;
+        Ok(id)
+    }
+
+    /// Waits for the answer to batch `id` of `count` items, timing each item if the
+    /// pool has a task time limit.
+    pub(super) fn receive(
+        &mut self,
+        shared: &Shared,
+        id: u64,
+        count: u32,
+    ) -> Result<Result<ResultFrame, Error>, LinkFailure> {
+        let timeout = shared.config.task_timeout;
+        let mut done = 0;
+        loop {
+            let mut frame = Vec::new();
+            let deadline = timeout.map(|t| Instant::now() + t);
+            match self.link.receiver.recv(&mut frame, deadline)? {
+                Received::Frame => {}
+                Received::Closed => return Err(LinkFailure::Closed),
+                Received::TimedOut => return Err(LinkFailure::TimedOut { done }),
+            }
+            let (msg, rest) = protocol::decode_header::<FromWorker<'_>>(&frame)?;
+            let offset = frame.len() - rest.len();
+            match msg {
+                FromWorker::Progress { id: got, done: now } if got == id && now < count => {
+                    done = now;
+                }
+                FromWorker::Done { id: got, count: n } if got == id && n == count => {
+                    self.items_done += count as usize;
+                    return Ok(Ok(ResultFrame { frame, offset }));
+                }
+                FromWorker::Refused { id: got, reason } if got == id => {
+                    self.items_done += count as usize;
+                    return Ok(Err(Error::protocol(reason)));
+                }
+                other => {
+                    return Err(LinkFailure::Broken(Error::protocol(format!(
+                        "unexpected reply to batch {id} of {count} items: {other:?}"
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// Stops the worker (politely unless the pool is terminating) and reaps it.
+    pub(super) fn shutdown(mut self, shared: &Shared) {
+        if !shared.is_terminating()
+            && protocol::encode_header(&ToWorker::Shutdown, &mut self.header).is_ok()
+            && self.link.sender.send(&[&self.header]).is_ok()
+        {
+            if let Some(mut child) = lock(&shared.children[self.slot]).take() {
+                let _ = child.wait();
+            }
+            return;
+        }
+        self.reap(shared);
+    }
+
+    /// Makes sure the worker is gone and returns how it ended. Unless the pool is
+    /// terminating, a worker that is already exiting gets up to 100 ms to finish, so
+    /// its own exit status (not our SIGKILL) is reported.
+    pub(super) fn reap(&mut self, shared: &Shared) -> WorkerExit {
+        let Some(mut child) = lock(&shared.children[self.slot]).take() else {
+            return WorkerExit::Unknown;
+        };
+        let mut pause = Duration::from_micros(50);
+        let mut waited = Duration::ZERO;
+        while !shared.is_terminating() && waited < Duration::from_millis(100) {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.into(),
+                Ok(None) => {
+                    std::thread::sleep(pause);
+                    waited += pause;
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        child.wait().map_or(WorkerExit::Unknown, WorkerExit::from)
+    }
+}
+
+/// What is wrong with a worker's handshake, if anything.
+fn check_hello(hello: &protocol::Hello, pid: u32, secret: u128) -> Option<String> {
+    if hello.magic != MAGIC {
+        Some("the worker did not speak procpool's protocol (bad magic)".to_owned())
+    } else if hello.protocol != PROTOCOL_VERSION {
+        Some(format!(
+            "protocol version mismatch: pool {PROTOCOL_VERSION}, worker {}",
+            hello.protocol
+        ))
+    } else if hello.build_id != registry::build_id() {
+        Some(
+            "build mismatch: the worker is a different build of this program (was it rebuilt \
+             while running?)"
+                .to_owned(),
+        )
+    } else if hello.pid != pid {
+        Some(format!(
+            "handshake from pid {} on the link to worker {pid}",
+            hello.pid
+        ))
+    } else if hello.secret != secret {
+        Some(format!(
+            "worker {pid} does not know this pool's secret: connection refused"
+        ))
+    } else {
+        None
+    }
+}
+
+/// The error of the first failed item of a reply, if any.
+fn first_failure(frame: &ResultFrame, task: &str, pid: u32) -> Result<Option<Error>, Error> {
+    let mut items = protocol::Items::new(frame.items());
+    while let Some(item) = items.next_item()? {
+        match item.split_first() {
+            Some((&protocol::STATUS_OK, _)) => {}
+            Some((&protocol::STATUS_FAILED, body)) => {
+                let failure: protocol::ItemFailure = postcard::from_bytes(body)
+                    .map_err(|e| Error::protocol(format!("malformed task failure: {e}")))?;
+                return Ok(Some(failure.into_error(task, 0, pid)));
+            }
+            _ => return Err(Error::protocol("malformed result item")),
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Hello;
+
+    fn good() -> Hello {
+        Hello {
+            magic: MAGIC,
+            protocol: PROTOCOL_VERSION,
+            build_id: registry::build_id(),
+            pid: 10,
+            secret: 99,
+        }
+    }
+
+    #[test]
+    fn a_good_handshake_passes() {
+        assert_eq!(check_hello(&good(), 10, 99), None);
+    }
+
+    #[test]
+    fn every_handshake_mismatch_is_named() {
+        let cases: [(Hello, &str); 5] = [
+            (
+                Hello {
+                    magic: *b"HTTP",
+                    ..good()
+                },
+                "bad magic",
+            ),
+            (
+                Hello {
+                    protocol: PROTOCOL_VERSION + 1,
+                    ..good()
+                },
+                "protocol version mismatch",
+            ),
+            (
+                Hello {
+                    build_id: registry::build_id() ^ 1,
+                    ..good()
+                },
+                "build mismatch",
+            ),
+            (Hello { pid: 11, ..good() }, "handshake from pid 11"),
+            (
+                Hello {
+                    secret: 98,
+                    ..good()
+                },
+                "secret",
+            ),
+        ];
+        for (hello, expected) in cases {
+            let problem = check_hello(&hello, 10, 99).expect("refused");
+            assert!(problem.contains(expected), "{problem}");
+        }
+    }
+}
