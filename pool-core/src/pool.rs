@@ -446,7 +446,8 @@ impl Pool {
     ///
     /// When a worker is idle and nothing is queued, the calling thread talks to it
     /// directly (no hand-off to a pool thread), so a round trip costs little more
-    /// than the pipe's.
+    /// than the pipe's. Pools with `max_tasks_per_child` or `retry_lost_tasks` always
+    /// go through the queue, where those options are applied.
     pub fn apply<F, Args>(&self, task: F, args: Args) -> Result<F::Output, Error>
     where
         F: Task<Args>,
