@@ -1,5 +1,6 @@
 //! Helper for tests: runs N pool create/map/drop cycles (first argument, default
-//! 1000) on the transport named by `PROCPOOL_TEST_TRANSPORT`, then prints the open
+//! 1000) on the transport named by `PROCPOOL_TEST_TRANSPORT`, then one pool whose
+//! workers are SIGKILLed five times during maps (with retries), and prints the open
 //! descriptors and threads before and after, and the zombie children left:
 //! `fds A B threads C D zombies Z`.
 
@@ -45,6 +46,43 @@ fn cycle(transport: Option<&str>) {
     );
 }
 
+#[pool_task]
+fn slow_double(x: u32) -> u32 {
+    std::thread::sleep(std::time::Duration::from_micros(200));
+    x * 2
+}
+
+/// Maps while another thread kills a worker five times; every result must survive.
+fn chaos(transport: Option<&str>) {
+    let pool = std::sync::Arc::new(
+        procpool_downstream::builder_for(transport)
+            .and_then(|b| b.processes(2).retry_lost_tasks(5).build())
+            .expect("pool"),
+    );
+    let killer = {
+        let pool = std::sync::Arc::clone(&pool);
+        std::thread::spawn(move || {
+            for round in 0..5u32 {
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                let pids = pool.pids();
+                if let Some(&pid) = pids.get(round as usize % pids.len().max(1)) {
+                    let _ = std::process::Command::new("kill")
+                        .arg("-9")
+                        .arg(pid.to_string())
+                        .status();
+                }
+            }
+        })
+    };
+    while !killer.is_finished() {
+        let out = pool
+            .map_chunked(slow_double, 0..500u32, 5)
+            .expect("map survives kills");
+        assert!(out.iter().enumerate().all(|(i, &v)| v == 2 * i as u32));
+    }
+    killer.join().expect("killer");
+}
+
 #[procpool::main]
 fn main() {
     let cycles: usize = std::env::args()
@@ -57,6 +95,7 @@ fn main() {
     for _ in 0..cycles {
         cycle(transport.as_deref());
     }
+    chaos(transport.as_deref());
     println!(
         "fds {fds} {} threads {threads} {} zombies {}",
         count("/proc/self/fd"),
