@@ -61,3 +61,11 @@ pub fn builder_for(name: Option<&str>) -> Result<procpool::PoolBuilder, procpool
         }
     })
 }
+
+/// Sends `SIGKILL` to process `pid` (for the tests that kill workers); a process
+/// that is already gone is not an error.
+pub fn kill9(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}

@@ -226,10 +226,7 @@ fn worker_death(s: Setup) {
         std::thread::spawn(move || pool.map_chunked(nap, [1u64, 60_000], 1))
     };
     std::thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("kill")
-        .arg("-9")
-        .arg(second.to_string())
-        .status();
+    procpool_downstream::kill9(second);
     let err = caller.join().unwrap().unwrap_err();
     assert!(
         matches!(

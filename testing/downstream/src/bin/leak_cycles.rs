@@ -66,10 +66,7 @@ fn chaos(transport: Option<&str>) {
                 std::thread::sleep(std::time::Duration::from_millis(30));
                 let pids = pool.pids();
                 if let Some(&pid) = pids.get(round as usize % pids.len().max(1)) {
-                    let _ = std::process::Command::new("kill")
-                        .arg("-9")
-                        .arg(pid.to_string())
-                        .status();
+                    procpool_downstream::kill9(pid);
                 }
             }
         })
