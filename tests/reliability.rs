@@ -207,3 +207,114 @@ fn an_argument_that_fails_to_deserialize_fails_that_item_only() {
     );
     assert!(matches!(results[2], Ok(3)));
 }
+
+#[pool_task]
+fn odd_fails(n: u64) -> u64 {
+    assert!(n.is_multiple_of(2), "odd {n}");
+    n
+}
+
+#[test]
+fn a_callback_may_terminate_the_pool() {
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let inner = Arc::clone(&pool);
+    let call = pool.map_async_with(
+        odd_fails,
+        0..200u64,
+        Some(1),
+        procpool::Callbacks::new().on_error(move |_| inner.terminate()),
+    );
+    // The callback may even terminate the pool while chunks are still being
+    // submitted: then the call itself reports it.
+    match call {
+        Ok(h) => assert!(h.get().is_err()),
+        Err(e) => assert!(matches!(e, Error::PoolClosed), "{e:?}"),
+    }
+    pool.join().unwrap();
+    assert!(matches!(
+        pool.apply(square, (1u64,)),
+        Err(Error::PoolClosed)
+    ));
+}
+
+#[test]
+fn an_abandoned_call_runs_no_callback() {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_frame_size(4096)
+        .build()
+        .unwrap();
+    let fired = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&fired);
+    // The last item does not fit a frame: chunks before it were already queued.
+    let mut items = vec![vec![0u8; 8]; 40];
+    items.push(vec![0u8; 10_000]);
+    let err = pool
+        .map_async_with(
+            hog_len,
+            items,
+            Some(1),
+            procpool::Callbacks::new().on_error(move |_| flag.store(true, Ordering::SeqCst)),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    pool.close();
+    pool.join().unwrap();
+    assert!(
+        !fired.load(Ordering::SeqCst),
+        "the caller got the error; no callback runs"
+    );
+}
+
+#[pool_task]
+fn hog_len(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+/// Fails once `flag` exists: replacement workers cannot start.
+#[pool_task]
+fn refuse_after(flag: String) {
+    assert!(
+        !std::path::Path::new(&flag).exists(),
+        "replacements refused"
+    );
+}
+
+/// Creates `flag`, then dies.
+#[pool_task]
+fn die_leaving(flag: String) -> u8 {
+    std::fs::write(&flag, b"x").unwrap();
+    std::process::abort()
+}
+
+#[test]
+fn a_retried_chunk_with_no_worker_left_fails_instead_of_waiting() {
+    let flag = std::env::temp_dir().join(format!("procpool-retry-{}", std::process::id()));
+    let flag = flag.to_string_lossy().into_owned();
+    let _ = std::fs::remove_file(&flag);
+    let pool = Pool::builder()
+        .processes(2)
+        .retry_lost_tasks(1)
+        .initializer(refuse_after, (flag.clone(),))
+        .build()
+        .unwrap();
+    let h = pool
+        .map_async_with(
+            die_leaving,
+            [flag.clone()],
+            Some(1),
+            procpool::Callbacks::new(),
+        )
+        .unwrap();
+    pool.close();
+    pool.join().unwrap();
+    let err = h.get().unwrap_err();
+    let _ = std::fs::remove_file(&flag);
+    assert!(
+        matches!(
+            err,
+            Error::InitializerFailed { .. } | Error::WorkerDied { .. }
+        ),
+        "{err:?}"
+    );
+}

@@ -683,9 +683,10 @@ impl Pool {
         let collector =
             Collector::<T, R>::new(entry.name(), Arc::clone(&job), total, finish, callbacks);
         let sink: Arc<dyn ReplySink> = collector.clone();
-        // On any error, chunks already sent are cancelled and their results dropped.
+        // On any error, chunks already sent are cancelled and their results dropped,
+        // silently: the caller gets the error, the callbacks never run.
         let abandon = |e: Error| {
-            job.cancel();
+            collector.abandon();
             e
         };
         let mut first = 0;

@@ -31,10 +31,11 @@ type ProgressFn = Box<dyn FnMut(Progress) + Send>;
 /// `callback` and `error_callback` of Python's `apply_async`.
 ///
 /// They run on one of the pool's threads, before the [`AsyncResult`] becomes ready,
-/// while that result is locked: keep them short, and do not call methods of the
-/// same `AsyncResult` from them (calling the pool is fine). A callback that panics
-/// is contained: the pool goes on. The callback that does not run is dropped when
-/// the call completes, releasing what it captured.
+/// with no lock held: they may call the pool, even terminate it. Keep them short —
+/// the thread that runs them is a worker's driver — and do not wait in them for
+/// results of the same pool. A callback that panics is contained: the pool goes on.
+/// The callback that does not run is dropped when the call completes, releasing what
+/// it captured.
 pub struct Callbacks<R> {
     on_success: Option<SuccessFn<R>>,
     on_error: Option<ErrorFn>,
@@ -155,15 +156,30 @@ pub(crate) struct Collector<T, R> {
     finish: fn(Vec<T>) -> Result<R, Error>,
     state: Mutex<CollectState<T, R>>,
     ready: Condvar,
+    /// The progress hook, called without `state` held; skipped when busy.
+    on_progress: Mutex<Option<ProgressFn>>,
 }
 
 struct CollectState<T, R> {
     /// Decoded chunks by first index; concatenated in order at the end.
     chunks: Vec<(usize, Vec<T>)>,
     remaining: usize,
+    /// The outcome is decided (its callbacks may still be running): later
+    /// deliveries are ignored.
+    decided: bool,
+    /// Set once the callbacks have run: the result is ready.
     outcome: Option<Result<R, Error>>,
     taken: bool,
-    callbacks: Callbacks<R>,
+    on_success: Option<SuccessFn<R>>,
+    on_error: Option<ErrorFn>,
+}
+
+/// What settling needs once the lock is released.
+struct Settling<T, R> {
+    chunks: Vec<(usize, Vec<T>)>,
+    error: Option<Error>,
+    on_success: Option<SuccessFn<R>>,
+    on_error: Option<ErrorFn>,
 }
 
 impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
@@ -183,58 +199,93 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
             state: Mutex::new(CollectState {
                 chunks: Vec::new(),
                 remaining: total,
+                decided: false,
                 outcome: None,
                 taken: false,
-                callbacks,
+                on_success: callbacks.on_success,
+                on_error: callbacks.on_error,
             }),
             ready: Condvar::new(),
+            on_progress: Mutex::new(callbacks.on_progress),
         });
         if total == 0 {
-            let mut state = lock(&collector.state);
-            collector.settle(&mut state, None);
+            let settling = collector.decide(&mut lock(&collector.state), None);
+            if let Some(settling) = settling {
+                collector.settle(settling);
+            }
         }
         collector
     }
 
-    /// Sets the outcome once every item is in (or `error`), runs the callbacks and
-    /// wakes the waiters.
-    fn settle(&self, state: &mut CollectState<T, R>, error: Option<Error>) {
-        if state.outcome.is_some() {
-            return;
+    /// Under the lock: if every item is in (or `error`), marks the outcome decided
+    /// and takes what settling needs.
+    fn decide(
+        &self,
+        state: &mut CollectState<T, R>,
+        error: Option<Error>,
+    ) -> Option<Settling<T, R>> {
+        if state.decided || (error.is_none() && state.remaining > 0) {
+            return None;
         }
+        state.decided = true;
+        if error.is_some() {
+            self.job.cancel();
+        }
+        Some(Settling {
+            chunks: std::mem::take(&mut state.chunks),
+            error,
+            on_success: state.on_success.take(),
+            on_error: state.on_error.take(),
+        })
+    }
+
+    /// Without the lock: builds the outcome, runs the callbacks (which may call the
+    /// pool, even terminate it), then publishes the outcome and wakes the waiters.
+    fn settle(&self, settling: Settling<T, R>) {
+        let Settling {
+            mut chunks,
+            error,
+            on_success,
+            on_error,
+        } = settling;
         let outcome = match error {
-            Some(e) => {
-                self.job.cancel();
-                Err(e)
-            }
-            None if state.remaining == 0 => {
-                let mut chunks = std::mem::take(&mut state.chunks);
+            Some(e) => Err(e),
+            None => {
                 chunks.sort_unstable_by_key(|(first, _)| *first);
                 let mut values = Vec::with_capacity(self.total);
+                let mut missing = false;
                 for (first, chunk) in chunks {
-                    if first != values.len() {
-                        return self.settle(state, Some(Error::protocol("a result is missing")));
-                    }
+                    missing |= first != values.len();
                     values.extend(chunk);
                 }
-                (self.finish)(values)
+                if missing || values.len() != self.total {
+                    Err(Error::protocol("a result is missing"))
+                } else {
+                    (self.finish)(values)
+                }
             }
-            None => return,
         };
-        // Both callbacks leave the state now: the one that does not run releases what
-        // it captured at once.
-        let (on_success, on_error) = (
-            state.callbacks.on_success.take(),
-            state.callbacks.on_error.take(),
-        );
-        state.callbacks.on_progress = None;
+        // The callback that does not run is dropped here, releasing its captures.
         match (&outcome, on_success, on_error) {
             (Ok(value), Some(f), _) => contained(|| f(value)),
             (Err(e), _, Some(f)) => contained(|| f(e)),
             _ => {}
         }
-        state.outcome = Some(outcome);
+        *lock(&self.on_progress) = None;
+        lock(&self.state).outcome = Some(outcome);
         self.ready.notify_all();
+    }
+
+    /// Makes the call's outcome unreachable and silent: for a call abandoned before
+    /// its `AsyncResult` was handed out. Its queued chunks are cancelled.
+    pub(crate) fn abandon(&self) {
+        self.job.cancel();
+        let mut state = lock(&self.state);
+        state.decided = true;
+        state.on_success = None;
+        state.on_error = None;
+        drop(state);
+        *lock(&self.on_progress) = None;
     }
 }
 
@@ -251,24 +302,33 @@ impl<T: DeserializeOwned + Send, R: Send> ReplySink for Collector<T, R> {
                 error.get_or_insert(e);
             }
         });
-        let mut guard = lock(&self.state);
-        let state = &mut *guard;
-        if state.outcome.is_some() {
-            return;
-        }
-        if error.is_none() {
-            state.chunks.push((first, values));
-        }
-        state.remaining = state.remaining.saturating_sub(count);
-        if let Some(f) = state.callbacks.on_progress.as_mut() {
+        let (done, settling) = {
+            let mut state = lock(&self.state);
+            if state.decided {
+                return;
+            }
+            if error.is_none() {
+                state.chunks.push((first, values));
+            }
+            state.remaining = state.remaining.saturating_sub(count);
+            let done = self.total - state.remaining;
+            (done, self.decide(&mut state, error))
+        };
+        // A progress hook busy on another thread misses this update; the next
+        // one carries the count.
+        if let Ok(mut hook) = self.on_progress.try_lock()
+            && let Some(f) = hook.as_mut()
+        {
             let progress = Progress {
-                done: self.total - state.remaining,
+                done,
                 total: Some(self.total),
                 elapsed: self.started.elapsed(),
             };
             contained(|| f(progress));
         }
-        self.settle(state, error);
+        if let Some(settling) = settling {
+            self.settle(settling);
+        }
     }
 }
 

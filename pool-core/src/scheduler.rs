@@ -164,7 +164,7 @@ pub(crate) struct Reply {
 struct State {
     queue: VecDeque<Batch>,
     closed: bool,
-    /// Drivers that still have a worker (or are starting one).
+    /// Drivers still running (with a worker, or starting one).
     live: usize,
     /// Drivers with nothing in flight: queued batches are left to them rather than
     /// sent ahead on a busy worker.
@@ -321,8 +321,9 @@ impl Shared {
 
     /// The next batch if one is queued now and `wanted` accepts it, without waiting.
     fn try_next(&self, wanted: impl Fn(&Batch) -> bool) -> Option<Batch> {
+        // Declared first, so dropped after the lock: a dropped batch tells its sink.
+        let mut cancelled = Vec::new();
         let mut state = lock(&self.state);
-        let mut cancelled = Vec::new(); // dropped after the lock is released
         if self.is_terminating() {
             return None;
         }
@@ -346,8 +347,9 @@ impl Shared {
 
     /// The next batch to run; `None` when the driver should stop.
     fn next(&self) -> Option<Batch> {
+        // Declared first, so dropped after the lock: a dropped batch tells its sink.
+        let mut cancelled = Vec::new();
         let mut state = lock(&self.state);
-        let mut cancelled = Vec::new(); // dropped after the lock is released
         loop {
             if self.is_terminating() {
                 return None;
@@ -409,21 +411,29 @@ impl Shared {
             .collect()
     }
 
-    /// A driver could not get a worker: if it was the last one, fail what is queued.
-    fn driver_lost(&self, why: Error) {
-        let dropped = {
+    /// A driver stops: because the pool closed (`why` is `None`) or because it could
+    /// not get a worker. If it was the last one running, whatever is still queued
+    /// (work requeued for a retry, say) fails now instead of waiting forever.
+    fn driver_exit(&self, why: Option<Error>) {
+        let (dropped, error) = {
             let mut state = lock(&self.state);
             state.live = state.live.saturating_sub(1);
+            if let Some(e) = &why {
+                state.fatal = Some(e.duplicate());
+            }
             let dropped = if state.live == 0 {
                 std::mem::take(&mut state.queue)
             } else {
                 VecDeque::new()
             };
-            state.fatal = Some(why.duplicate());
-            dropped
+            let error = state
+                .fatal
+                .as_ref()
+                .map_or(Error::PoolClosed, Error::duplicate);
+            (dropped, error)
         };
         for batch in dropped {
-            batch.complete(0, Err(why.duplicate()));
+            batch.complete(0, Err(error.duplicate()));
         }
     }
 }

@@ -158,8 +158,15 @@ impl Connection {
             count: 1,
             items: &init.payload,
         };
+        // The initializer is timed even without a task time limit: a worker stuck in
+        // it must not hold its driver forever.
+        let limit = shared
+            .config
+            .task_timeout
+            .unwrap_or(shared.config.startup_timeout);
+        let id = self.send(shared, &request)?;
         let frame = self
-            .exchange(shared, &request)?
+            .receive_within(id, 1, Some(limit))?
             .map_err(LinkFailure::Broken)?;
         match first_failure(&frame, init.task, self.pid) {
             Ok(None) => Ok(()),
@@ -210,7 +217,16 @@ impl Connection {
         id: u64,
         count: u32,
     ) -> Result<Result<ResultFrame, Error>, LinkFailure> {
-        let timeout = shared.config.task_timeout;
+        self.receive_within(id, count, shared.config.task_timeout)
+    }
+
+    /// [`receive`](Self::receive) with an explicit limit per item.
+    fn receive_within(
+        &mut self,
+        id: u64,
+        count: u32,
+        timeout: Option<Duration>,
+    ) -> Result<Result<ResultFrame, Error>, LinkFailure> {
         let mut done = 0;
         loop {
             let mut frame = Vec::new();

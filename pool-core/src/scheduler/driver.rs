@@ -34,15 +34,17 @@ pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32
         Err(e) => {
             let _ = started.send(Err(e.duplicate()));
             shared.set_occupied(&mut false, true);
-            shared.driver_lost(e);
+            shared.driver_exit(Some(e));
             return;
         }
     }
     drop(started);
-    serve(&shared, slot);
-    if let Some(conn) = lock(&shared.links[slot]).take() {
+    let lost = serve(&shared, slot);
+    let conn = lock(&shared.links[slot]).take();
+    if let Some(conn) = conn {
         conn.shutdown(&shared);
     }
+    shared.driver_exit(lost);
 }
 
 /// The connection behind a held link, starting a new worker if the last one was
@@ -59,7 +61,8 @@ fn connection<'a>(
 }
 
 /// The driver's loop: batches from the queue to the worker of `slot` and back.
-fn serve(shared: &Shared, slot: usize) {
+/// Returns why it gave up, or `None` when the pool closed.
+fn serve(shared: &Shared, slot: usize) -> Option<Error> {
     // Time limits are measured per batch: no sending ahead then.
     let depth = if shared.config.task_timeout.is_some() {
         1
@@ -105,8 +108,7 @@ fn serve(shared: &Shared, slot: usize) {
                 Err(e) => {
                     shared.requeue(batch);
                     shared.set_occupied(&mut occupied, true);
-                    shared.driver_lost(e);
-                    return;
+                    return Some(e);
                 }
             };
             let request = Request {
@@ -166,15 +168,14 @@ fn serve(shared: &Shared, slot: usize) {
             }
             if shared.is_terminating() {
                 shared.set_occupied(&mut occupied, true);
-                return;
+                return None;
             }
             // Replace the worker now rather than with the next batch.
             if let Some(held) = link.as_mut()
                 && let Err(e) = connection(shared, slot, held)
             {
                 shared.set_occupied(&mut occupied, true);
-                shared.driver_lost(e);
-                return;
+                return Some(e);
             }
             continue;
         }
@@ -190,12 +191,12 @@ fn serve(shared: &Shared, slot: usize) {
             }
             if let Err(e) = connection(shared, slot, held) {
                 shared.set_occupied(&mut occupied, true);
-                shared.driver_lost(e);
-                return;
+                return Some(e);
             }
         }
     }
     shared.set_occupied(&mut occupied, true);
+    None
 }
 
 /// A batch whose worker failed: run it again if it was lost with a dead worker and
