@@ -265,9 +265,9 @@ impl Connection {
             && protocol::encode_header(&ToWorker::Shutdown, &mut self.header).is_ok()
             && self.link.sender.send(&[&self.header]).is_ok()
         {
-            if let Some(mut child) = lock(&shared.children[self.slot]).take() {
-                let _ = child.wait();
-            }
+            // A worker that does not exit after `Shutdown` (stopped, stuck flushing
+            // stdout, a hanging exit handler) is killed after a while, not waited for.
+            self.reap_within(shared, Duration::from_secs(5));
             return;
         }
         self.reap(shared);
@@ -277,12 +277,18 @@ impl Connection {
     /// terminating, a worker that is already exiting gets up to 100 ms to finish, so
     /// its own exit status (not our SIGKILL) is reported.
     pub(super) fn reap(&mut self, shared: &Shared) -> WorkerExit {
+        self.reap_within(shared, Duration::from_millis(100))
+    }
+
+    /// [`reap`](Self::reap), giving the worker up to `grace` to exit by itself. The
+    /// process table lock is not held while waiting; `terminate` ends the wait.
+    fn reap_within(&mut self, shared: &Shared, grace: Duration) -> WorkerExit {
         let Some(mut child) = lock(&shared.children[self.slot]).take() else {
             return WorkerExit::Unknown;
         };
         let mut pause = Duration::from_micros(50);
         let mut waited = Duration::ZERO;
-        while !shared.is_terminating() && waited < Duration::from_millis(100) {
+        while !shared.is_terminating() && waited < grace {
             match child.try_wait() {
                 Ok(Some(status)) => return status.into(),
                 Ok(None) => {
