@@ -291,7 +291,7 @@ impl Shared {
             let outcome = match conn.exchange(self, &request) {
                 Ok(outcome) => outcome,
                 Err(failure) => {
-                    let exit = conn.reap(self);
+                    let (exit, failure) = conn.reap_failed(self, failure);
                     *guard = None;
                     Err(failure_error(self, task, 0, pid, exit, failure))
                 }

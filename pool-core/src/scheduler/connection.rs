@@ -283,14 +283,35 @@ impl Connection {
     /// [`reap`](Self::reap), giving the worker up to `grace` to exit by itself. The
     /// process table lock is not held while waiting; `terminate` ends the wait.
     fn reap_within(&mut self, shared: &Shared, grace: Duration) -> WorkerExit {
+        self.reap_status(shared, grace).0
+    }
+
+    /// Reaps a worker whose link failed. A frame cut short by a worker that was
+    /// dying anyway (it exited, or someone else killed it) is that worker's death, not
+    /// a protocol error, so its chunk may be retried.
+    pub(super) fn reap_failed(
+        &mut self,
+        shared: &Shared,
+        failure: LinkFailure,
+    ) -> (WorkerExit, LinkFailure) {
+        let (exit, by_itself) = self.reap_status(shared, Duration::from_millis(100));
+        let failure = match failure {
+            LinkFailure::Broken(Error::Protocol(_)) if by_itself => LinkFailure::Closed,
+            other => other,
+        };
+        (exit, failure)
+    }
+
+    /// How the worker ended, and whether it did so by itself (not by our SIGKILL).
+    fn reap_status(&mut self, shared: &Shared, grace: Duration) -> (WorkerExit, bool) {
         let Some(mut child) = lock(&shared.children[self.slot]).take() else {
-            return WorkerExit::Unknown;
+            return (WorkerExit::Unknown, false);
         };
         let mut pause = Duration::from_micros(50);
         let mut waited = Duration::ZERO;
         while !shared.is_terminating() && waited < grace {
             match child.try_wait() {
-                Ok(Some(status)) => return status.into(),
+                Ok(Some(status)) => return (status.into(), true),
                 Ok(None) => {
                     std::thread::sleep(pause);
                     waited += pause;
@@ -300,7 +321,8 @@ impl Connection {
             }
         }
         let _ = child.kill();
-        child.wait().map_or(WorkerExit::Unknown, WorkerExit::from)
+        let exit = child.wait().map_or(WorkerExit::Unknown, WorkerExit::from);
+        (exit, false)
     }
 }
 

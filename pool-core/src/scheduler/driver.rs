@@ -154,7 +154,7 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
         }
         if let Some(failure) = failure {
             // The worker is gone: every batch it held fails or runs again.
-            let exit = conn.reap(shared);
+            let (exit, failure) = conn.reap_failed(shared, failure);
             let pid = conn.pid;
             let mut failure = Some(failure);
             for (batch, _) in in_flight.drain(..) {
