@@ -391,7 +391,10 @@ fn progress_hooks_count_up_to_the_total() {
         .unwrap();
     assert_eq!(out.len(), 1000);
     let updates = updates.lock().unwrap();
-    assert_eq!(updates.len(), 8, "one update per chunk (4 × 2 processes)");
+    // At most one update per chunk (4 × 2 processes); chunks finishing together
+    // may share one. Counts only grow, and the last is the total.
+    assert!((1..=8).contains(&updates.len()), "{updates:?}");
+    assert!(updates.iter().all(|p| p.done % 125 == 0), "{updates:?}");
     assert!(updates.windows(2).all(|w| w[0].done < w[1].done));
     assert_eq!(
         updates.last().map(|p| (p.done, p.total)),

@@ -80,7 +80,8 @@ impl<R> Callbacks<R> {
         self
     }
 
-    /// Run each time a chunk of items finishes.
+    /// Run as chunks of items finish, with a strictly increasing count whose last
+    /// value is the total (chunks finishing together may share one update).
     pub fn on_progress(mut self, f: impl FnMut(Progress) + Send + 'static) -> Self {
         self.on_progress = Some(Box::new(f));
         self
@@ -156,8 +157,20 @@ pub(crate) struct Collector<T, R> {
     finish: fn(Vec<T>) -> Result<R, Error>,
     state: Mutex<CollectState<T, R>>,
     ready: Condvar,
-    /// The progress hook, called without `state` held; skipped when busy.
-    on_progress: Mutex<Option<ProgressFn>>,
+    /// The progress hook, called without `state` held.
+    on_progress: Mutex<ProgressHook>,
+}
+
+/// A progress hook and the last count it was given.
+struct ProgressHook {
+    f: Option<ProgressFn>,
+    reported: usize,
+}
+
+thread_local! {
+    /// True while this thread runs a progress hook: a delivery it causes (say, by
+    /// terminating the pool) does not call the hook again.
+    static IN_PROGRESS_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 struct CollectState<T, R> {
@@ -206,7 +219,10 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
                 on_error: callbacks.on_error,
             }),
             ready: Condvar::new(),
-            on_progress: Mutex::new(callbacks.on_progress),
+            on_progress: Mutex::new(ProgressHook {
+                f: callbacks.on_progress,
+                reported: 0,
+            }),
         });
         if total == 0 {
             let settling = collector.decide(&mut lock(&collector.state), None);
@@ -271,7 +287,10 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
             (Err(e), _, Some(f)) => contained(|| f(e)),
             _ => {}
         }
-        *lock(&self.on_progress) = None;
+        // (A hook running right now keeps it; it is dropped with the collector.)
+        if let Ok(mut hook) = self.on_progress.try_lock() {
+            hook.f = None;
+        }
         lock(&self.state).outcome = Some(outcome);
         self.ready.notify_all();
     }
@@ -285,7 +304,36 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
         state.on_success = None;
         state.on_error = None;
         drop(state);
-        *lock(&self.on_progress) = None;
+        if let Ok(mut hook) = self.on_progress.try_lock() {
+            hook.f = None;
+        }
+    }
+}
+
+impl<T, R> Collector<T, R> {
+    /// Calls the progress hook with the count of finished items, if it grew: counts
+    /// are strictly increasing and the last one is the total (updates from chunks
+    /// finishing together may coalesce).
+    fn report_progress(&self) {
+        if IN_PROGRESS_HOOK.with(std::cell::Cell::get) {
+            return;
+        }
+        let mut hook = lock(&self.on_progress);
+        let ProgressHook { f, reported } = &mut *hook;
+        let Some(f) = f.as_mut() else { return };
+        let done = self.total - lock(&self.state).remaining;
+        if done <= *reported {
+            return;
+        }
+        *reported = done;
+        let progress = Progress {
+            done,
+            total: Some(self.total),
+            elapsed: self.started.elapsed(),
+        };
+        IN_PROGRESS_HOOK.with(|flag| flag.set(true));
+        contained(|| f(progress));
+        IN_PROGRESS_HOOK.with(|flag| flag.set(false));
     }
 }
 
@@ -302,7 +350,7 @@ impl<T: DeserializeOwned + Send, R: Send> ReplySink for Collector<T, R> {
                 error.get_or_insert(e);
             }
         });
-        let (done, settling) = {
+        let settling = {
             let mut state = lock(&self.state);
             if state.decided {
                 return;
@@ -311,21 +359,9 @@ impl<T: DeserializeOwned + Send, R: Send> ReplySink for Collector<T, R> {
                 state.chunks.push((first, values));
             }
             state.remaining = state.remaining.saturating_sub(count);
-            let done = self.total - state.remaining;
-            (done, self.decide(&mut state, error))
+            self.decide(&mut state, error)
         };
-        // A progress hook busy on another thread misses this update; the next
-        // one carries the count.
-        if let Ok(mut hook) = self.on_progress.try_lock()
-            && let Some(f) = hook.as_mut()
-        {
-            let progress = Progress {
-                done,
-                total: Some(self.total),
-                elapsed: self.started.elapsed(),
-            };
-            contained(|| f(progress));
-        }
+        self.report_progress();
         if let Some(settling) = settling {
             self.settle(settling);
         }
