@@ -222,7 +222,6 @@ impl PoolBuilder {
                 max_frame: self.max_frame,
                 startup_timeout: self.startup_timeout,
             },
-            startup_timeout: self.startup_timeout,
             max_tasks_per_child: self.max_tasks_per_child,
             initializer,
             task_timeout: self.task_timeout,

@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -33,7 +32,6 @@ pub(crate) struct Config {
     pub(crate) processes: usize,
     pub(crate) transport: &'static dyn Transport,
     pub(crate) link: LinkConfig,
-    pub(crate) startup_timeout: Duration,
     pub(crate) max_tasks_per_child: Option<usize>,
     pub(crate) initializer: Option<Initializer>,
     pub(crate) task_timeout: Option<Duration>,
@@ -58,12 +56,6 @@ pub(crate) trait ReplySink: Send + Sync {
     /// Takes the outcome of one batch. Called exactly once per batch, on a pool
     /// thread or on the thread that dropped the batch.
     fn deliver(&self, reply: Reply);
-}
-
-impl ReplySink for Sender<Reply> {
-    fn deliver(&self, reply: Reply) {
-        let _ = self.send(reply);
-    }
 }
 
 /// A cancellation flag shared by the batches of one call.

@@ -92,7 +92,7 @@ impl Connection {
             return Err(Error::PoolClosed);
         }
         let ready = conn
-            .handshake(config.startup_timeout, config.secret)
+            .handshake(config.link.startup_timeout, config.secret)
             .and_then(|()| conn.initialize(shared));
         match ready {
             Ok(()) => Ok(conn),
@@ -107,7 +107,7 @@ impl Connection {
                         task: config.initializer.as_ref().map(|i| i.task.to_owned()),
                         index: None,
                         pid: Some(pid),
-                        after: config.task_timeout.unwrap_or(config.startup_timeout),
+                        after: config.task_timeout.unwrap_or(config.link.startup_timeout),
                     },
                     LinkFailure::Broken(e) => e,
                 })
@@ -163,7 +163,7 @@ impl Connection {
         let limit = shared
             .config
             .task_timeout
-            .unwrap_or(shared.config.startup_timeout);
+            .unwrap_or(shared.config.link.startup_timeout);
         let id = self.send(shared, &request)?;
         let frame = self
             .receive_within(id, 1, Some(limit))?
