@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 mod encode;
 
-use encode::{check_chunksize, chunk_too_large, default_chunksize, encode, push_argument};
+use encode::{check_chunksize, chunk_too_large, default_chunksize, push_argument};
 
 use crate::error::Error;
 use crate::imap::{Imap, Source};
@@ -613,41 +613,18 @@ impl Pool {
             return self
                 .submit_streaming::<A, B, T, R>(entry, items, low, chunksize, finish, callbacks);
         }
-        let encoded = encode::<A, B>(entry, items, chunksize, self.processes())?;
-        let max_chunk = self.max_chunk();
-        if let Some(c) = encoded.chunks.iter().find(|c| c.bytes.len() > max_chunk) {
-            return Err(chunk_too_large(
-                entry,
-                c.first_index,
-                c.bytes.len(),
-                max_chunk,
-            ));
-        }
-        if self.shared.is_closed() {
-            return Err(Error::PoolClosed);
-        }
-        let job = Arc::new(Job::default());
-        let collector = Collector::<T, R>::new(
-            entry.name(),
-            Arc::clone(&job),
-            encoded.len,
+        // The default chunk size needs the length: an input that does not know it is
+        // gathered first (its items, not their encoding), then sent like any other.
+        let items: Vec<B> = items.collect();
+        let total = items.len();
+        self.submit_streaming::<A, B, T, R>(
+            entry,
+            items.into_iter(),
+            total,
+            chunksize,
             finish,
             callbacks,
-        );
-        let sink: Arc<dyn ReplySink> = collector.clone();
-        let payload = Arc::new(encoded.buf);
-        let batches = encoded.chunks.into_iter().map(|c| Batch {
-            task: entry.name(),
-            first_index: c.first_index,
-            count: c.count,
-            payload: Arc::clone(&payload),
-            range: c.bytes,
-            job: Arc::clone(&job),
-            retries: 0,
-            sink: Some(Arc::clone(&sink)),
-        });
-        self.shared.submit(batches)?;
-        Ok(AsyncResult::new(collector))
+        )
     }
 
     /// Largest encoded chunk that fits a frame.
