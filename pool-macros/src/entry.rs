@@ -22,17 +22,13 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 fn try_expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    let mut errors = Errors::default();
-    let options = Options::parse("procpool::main", args, &mut errors);
-    let function = match item::parse_fn(item, "#[procpool::main] goes on `fn main`") {
-        Ok(function) => function,
-        Err(error) => {
-            errors.push(error);
-            return errors.finish().map(|()| TokenStream::new());
-        }
-    };
-    check(&function.sig, &mut errors);
-    errors.finish()?;
+    let (options, function) = item::parse_checked(
+        "procpool::main",
+        "#[procpool::main] goes on `fn main`",
+        check,
+        args,
+        item,
+    )?;
     Ok(with_init(&options, function))
 }
 

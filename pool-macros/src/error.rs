@@ -116,7 +116,6 @@ pub(crate) mod testing {
     use syn::Signature;
 
     use super::Errors;
-    use crate::attr::Options;
     use crate::item;
 
     /// Each error of `#[name(args)] item`, validated by `check`, with the source
@@ -128,14 +127,15 @@ pub(crate) mod testing {
         args: &str,
         item: &str,
     ) -> Vec<(String, Option<String>)> {
-        let mut found = Errors::default();
-        let _ = Options::parse(name, args.parse().unwrap(), &mut found);
-        match item::parse_fn(item.parse().unwrap(), not_a_fn) {
-            Ok(function) => check(&function.sig, &mut found),
-            Err(error) => found.push(error),
-        }
-        match found.finish() {
-            Ok(()) => Vec::new(),
+        let parsed = item::parse_checked(
+            name,
+            not_a_fn,
+            check,
+            args.parse().unwrap(),
+            item.parse().unwrap(),
+        );
+        match parsed {
+            Ok(_) => Vec::new(),
             Err(error) => error
                 .into_iter()
                 .map(|e| (e.to_string(), e.span().source_text()))

@@ -8,6 +8,9 @@ use proc_macro2::{Delimiter, Group, Span, TokenStream};
 use syn::parse::{Parse, ParseStream};
 use syn::{Attribute, Item, Signature, Visibility};
 
+use crate::attr::Options;
+use crate::error::Errors;
+
 /// A function item: `#[attrs] vis fn name(..) -> R { body }`.
 pub(crate) struct FnItem {
     /// Outer attributes, doc comments included.
@@ -47,6 +50,26 @@ impl Parse for FnItem {
             body,
         })
     }
+}
+
+/// Parses an attribute's `args` and the function `item` it is on, and validates the
+/// signature with `check`, collecting every error.
+pub(crate) fn parse_checked(
+    attribute: &str,
+    misplaced: &str,
+    check: fn(&Signature, &mut Errors),
+    args: TokenStream,
+    item: TokenStream,
+) -> syn::Result<(Options, FnItem)> {
+    let mut errors = Errors::default();
+    let options = Options::parse(attribute, args, &mut errors);
+    let function = parse_fn(item, misplaced);
+    match &function {
+        Ok(function) => check(&function.sig, &mut errors),
+        Err(error) => errors.push(error.clone()),
+    }
+    errors.finish()?;
+    function.map(|function| (options, function))
 }
 
 /// Parses `item` as a function with a body.

@@ -41,17 +41,13 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 fn try_expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    let mut errors = Errors::default();
-    let options = Options::parse("pool_task", args, &mut errors);
-    let function = match item::parse_fn(item.clone(), "#[pool_task] goes on a free `fn`") {
-        Ok(function) => function,
-        Err(error) => {
-            errors.push(error);
-            return errors.finish().map(|()| TokenStream::new());
-        }
-    };
-    check(&function.sig, &mut errors);
-    errors.finish()?;
+    let (options, function) = item::parse_checked(
+        "pool_task",
+        "#[pool_task] goes on a free `fn`",
+        check,
+        args,
+        item.clone(),
+    )?;
     let mut output = item;
     output.extend(registration(&options, &function));
     Ok(output)
