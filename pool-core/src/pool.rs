@@ -452,6 +452,7 @@ impl Pool {
         F: Task<Args>,
         Args: Serialize,
     {
+        let _ = task; // its type is what the registry looks up
         let entry = entry_of::<F>()?;
         let mut payload = Vec::new();
         push_argument(&mut payload, entry, 0, &args)?;
@@ -462,7 +463,15 @@ impl Pool {
             decode_reply(entry.name(), reply, |_, r| result = Some(r));
             return result.unwrap_or_else(|| Err(Error::Protocol("no result for apply".into())));
         }
-        self.apply_async_with(task, args, Callbacks::new())?.get()
+        // No idle worker: queue the arguments already encoded.
+        let job = Arc::new(Job::default());
+        let collector = Collector::new(entry.name(), Arc::clone(&job), 1, single, Callbacks::new());
+        let sink: Arc<dyn ReplySink> = collector.clone();
+        if let Err(e) = self.send_chunk(entry, &job, &sink, 0, 1, payload) {
+            collector.abandon();
+            return Err(e);
+        }
+        AsyncResult::new(collector).get()
     }
 
     /// Starts an [`apply`](Self::apply) and returns at once.
@@ -485,10 +494,6 @@ impl Pool {
         F: Task<Args>,
         Args: Serialize,
     {
-        fn single<T>(mut v: Vec<T>) -> Result<T, Error> {
-            v.pop()
-                .ok_or_else(|| Error::Protocol("no result for apply".into()))
-        }
         self.submit_all::<F, Args, _, F::Output, _>(
             &task,
             std::iter::once(args),
@@ -627,6 +632,32 @@ impl Pool {
         )
     }
 
+    /// Queues one encoded chunk of a call: items `first..first + count` in `buf`.
+    fn send_chunk(
+        &self,
+        entry: &'static TaskEntry,
+        job: &Arc<Job>,
+        sink: &Arc<dyn ReplySink>,
+        first: usize,
+        count: usize,
+        buf: Vec<u8>,
+    ) -> Result<(), Error> {
+        if buf.len() > self.max_chunk() {
+            return Err(chunk_too_large(entry, first, buf.len(), self.max_chunk()));
+        }
+        let batch = Batch {
+            task: entry.name(),
+            first_index: first,
+            count: count as u32,
+            range: 0..buf.len(),
+            payload: Arc::new(buf),
+            job: Arc::clone(job),
+            retries: 0,
+            sink: Some(Arc::clone(sink)),
+        };
+        self.shared.submit(std::iter::once(batch))
+    }
+
     /// Largest encoded chunk that fits a frame.
     fn max_chunk(&self) -> usize {
         self.shared.config.link.max_frame - HEADER_ROOM
@@ -678,27 +709,8 @@ impl Pool {
                 })?;
                 push_argument(&mut buf, entry, index, item.borrow()).map_err(abandon)?;
             }
-            if buf.len() > self.max_chunk() {
-                return Err(abandon(chunk_too_large(
-                    entry,
-                    first,
-                    buf.len(),
-                    self.max_chunk(),
-                )));
-            }
             last_len = buf.len();
-            let batch = Batch {
-                task: entry.name(),
-                first_index: first,
-                count: count as u32,
-                range: 0..buf.len(),
-                payload: Arc::new(buf),
-                job: Arc::clone(&job),
-                retries: 0,
-                sink: Some(Arc::clone(&sink)),
-            };
-            self.shared
-                .submit(std::iter::once(batch))
+            self.send_chunk(entry, &job, &sink, first, count, buf)
                 .map_err(abandon)?;
             first += count;
         }
@@ -756,6 +768,12 @@ impl Drop for Pool {
         self.shared.terminate();
         self.join_drivers();
     }
+}
+
+/// The one result of an `apply`.
+fn single<T>(mut v: Vec<T>) -> Result<T, Error> {
+    v.pop()
+        .ok_or_else(|| Error::Protocol("no result for apply".into()))
 }
 
 fn entry_of<F: 'static>() -> Result<&'static TaskEntry, Error> {
