@@ -2,7 +2,9 @@
 //!
 //! A driver owns one worker process at a time. It takes a batch from the queue,
 //! writes it to the worker, waits for the results and hands them to the batch's
-//! sink; then the next. A worker that dies, breaks the protocol or runs past the
+//! sink; then the next (keeping a few small, quick batches in flight: see
+//! `driver`). `apply` may borrow an idle driver's worker from the calling thread
+//! (`Shared::run_direct`). A worker that dies, breaks the protocol or runs past the
 //! task time limit is reaped and replaced by the same driver, and the batch it held
 //! gets an error. Every batch reaches its sink exactly once — run, failed, or
 //! dropped from the queue by `terminate` (see `Drop for Batch`) — so a caller
@@ -157,7 +159,7 @@ struct State {
     queue: VecDeque<Batch>,
     closed: bool,
     /// Drivers still running (with a worker, or starting one).
-    live: usize,
+    running: usize,
     /// Drivers with nothing in flight: queued batches are left to them rather than
     /// sent ahead on a busy worker.
     available: usize,
@@ -188,7 +190,7 @@ impl Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 closed: false,
-                live: processes,
+                running: processes,
                 available: processes,
                 fatal: None,
             }),
@@ -207,7 +209,7 @@ impl Shared {
         let mut state = lock(&self.state);
         let refused = if state.closed || self.is_terminating() {
             Some(Error::PoolClosed)
-        } else if state.live == 0 {
+        } else if state.running == 0 {
             Some(
                 state
                     .fatal
@@ -409,11 +411,11 @@ impl Shared {
     fn driver_exit(&self, why: Option<Error>) {
         let (dropped, error) = {
             let mut state = lock(&self.state);
-            state.live = state.live.saturating_sub(1);
+            state.running = state.running.saturating_sub(1);
             if let Some(e) = &why {
                 state.fatal = Some(e.duplicate());
             }
-            let dropped = if state.live == 0 {
+            let dropped = if state.running == 0 {
                 std::mem::take(&mut state.queue)
             } else {
                 VecDeque::new()
