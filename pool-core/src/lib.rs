@@ -47,6 +47,6 @@ pub use worker::Worker;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::registry::{RunFn, TASKS, TaskEntry, type_id_of_val};
-    pub use crate::task::run_task;
+    pub use crate::task::{BatchRun, run_batch};
     pub use linkme;
 }

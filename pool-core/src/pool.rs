@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-mod encode;
+pub(crate) mod encode;
 
 use encode::{check_chunksize, chunk_too_large, default_chunksize, push_argument};
 

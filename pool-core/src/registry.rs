@@ -12,11 +12,12 @@ use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use crate::protocol::ItemFailure;
+use crate::error::Error;
+use crate::task::BatchRun;
 
-/// Runs one encoded item of a task (see [`run_task`](crate::task::run_task)).
+/// Runs one batch of a task (see [`run_batch`](crate::task::run_batch)).
 #[doc(hidden)]
-pub type RunFn = fn(&[u8], &mut Vec<u8>) -> Result<(), ItemFailure>;
+pub type RunFn = fn(&mut BatchRun<'_>) -> Result<(), Error>;
 
 /// One registered task, as emitted by `#[pool_task]`.
 #[doc(hidden)]
@@ -38,8 +39,8 @@ impl TaskEntry {
         self.name
     }
 
-    pub(crate) fn run(&self, input: &[u8], out: &mut Vec<u8>) -> Result<(), ItemFailure> {
-        (self.run)(input, out)
+    pub(crate) fn run(&self, batch: &mut BatchRun<'_>) -> Result<(), Error> {
+        (self.run)(batch)
     }
 }
 
@@ -155,7 +156,7 @@ mod tests {
     static DOUBLE: TaskEntry = TaskEntry::new(
         concat!(module_path!(), "::double"),
         || type_id_of_val(&double),
-        |input, out| crate::task::run_task::<(u32,), _>(double, input, out),
+        |batch| crate::task::run_batch::<(u32,), _>(double, batch),
     );
 
     #[test]
@@ -164,11 +165,22 @@ mod tests {
         assert_eq!(name, "procpool_core::registry::tests::double");
         assert!(task_names().contains(&name));
         let entry = by_name(name).expect("by name");
+        let mut payload = Vec::new();
+        crate::protocol::push_item::<()>(&mut payload, |b| {
+            crate::protocol::encode_into(&(21u32,), b).map_err(drop)
+        })
+        .unwrap();
         let mut out = Vec::new();
         entry
-            .run(&postcard::to_stdvec(&(21u32,)).unwrap(), &mut out)
+            .run(&mut BatchRun {
+                items: crate::protocol::Items::new(&payload),
+                count: 1,
+                out: &mut out,
+                started: None,
+            })
             .unwrap();
-        assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 42);
+        // One result item: length 2, status OK, then 42.
+        assert_eq!(out, [2, crate::protocol::STATUS_OK, 42]);
         let closure = |n: u32| n;
         assert_eq!(task_name(&closure), None);
         assert!(by_name("nope::nothing").is_none());

@@ -3,11 +3,9 @@
 use std::io::Write;
 
 use crate::error::Error;
-use crate::protocol::{
-    self, FromWorker, Hello, Items, MAGIC, PROTOCOL_VERSION, STATUS_FAILED, STATUS_OK, ToWorker,
-};
+use crate::protocol::{self, FromWorker, Hello, Items, MAGIC, PROTOCOL_VERSION, ToWorker};
 use crate::registry::{self, TaskEntry};
-use crate::task;
+use crate::task::{self, BatchRun};
 use crate::transport::{Link, Received};
 
 /// The serving side of a worker process.
@@ -80,14 +78,15 @@ impl Worker {
             };
             cached = Some(entry);
             results.clear();
+            let sender = &mut self.link.sender;
+            let header_buf = &mut header;
             let mut started = |done: u32| -> Result<(), Error> {
-                if progress && done > 0 {
-                    protocol::encode_header(&FromWorker::Progress { id, done }, &mut header)?;
-                    self.link.sender.send(&[&header])?;
-                }
-                Ok(())
+                protocol::encode_header(&FromWorker::Progress { id, done }, header_buf)?;
+                sender.send(&[header_buf])
             };
-            run_batch(entry, payload, count, &mut results, &mut started)?;
+            let started: Option<&mut dyn FnMut(u32) -> Result<(), Error>> =
+                if progress { Some(&mut started) } else { None };
+            run_batch(entry, payload, count, &mut results, started)?;
             // Let what tasks printed out before their results arrive.
             let _ = std::io::stdout().flush();
             protocol::encode_header(&FromWorker::Done { id, count }, &mut header)?;
@@ -108,36 +107,18 @@ impl Worker {
 }
 
 /// Runs `count` items of `entry` from `payload`, appending one result item each;
-/// `started(k)` is called before item `k` runs.
-fn run_batch(
+/// `started(k)`, if given, is called before item `k > 0` runs.
+pub(crate) fn run_batch<'a>(
     entry: &TaskEntry,
-    payload: &[u8],
+    payload: &'a [u8],
     count: u32,
-    out: &mut Vec<u8>,
-    started: &mut dyn FnMut(u32) -> Result<(), Error>,
+    out: &'a mut Vec<u8>,
+    started: Option<&'a mut (dyn FnMut(u32) -> Result<(), Error> + 'a)>,
 ) -> Result<(), Error> {
-    let mut items = Items::new(payload);
-    for k in 0..count {
-        started(k)?;
-        let input = items.next_item()?.ok_or_else(|| {
-            Error::protocol(format!("batch announced {count} items but holds fewer"))
-        })?;
-        protocol::push_item::<Error>(out, |out| {
-            out.push(STATUS_OK);
-            let status_at = out.len() - 1;
-            if let Err(failure) = entry.run(input, out) {
-                out.truncate(status_at);
-                out.push(STATUS_FAILED);
-                protocol::encode_into(&failure, out)
-                    .map_err(|e| Error::protocol(format!("cannot encode a task failure: {e}")))?;
-            }
-            Ok(())
-        })?;
-    }
-    if !items.is_empty() {
-        return Err(Error::protocol(format!(
-            "batch announced {count} items but holds more"
-        )));
-    }
-    Ok(())
+    entry.run(&mut BatchRun {
+        items: Items::new(payload),
+        count,
+        out,
+        started,
+    })
 }

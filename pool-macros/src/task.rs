@@ -10,7 +10,7 @@
 //!     static __PROCPOOL_TASK: ::procpool::__private::TaskEntry = ::procpool::__private::TaskEntry::new(
 //!         ::core::concat!(::core::module_path!(), "::", "square"),
 //!         || ::procpool::__private::type_id_of_val(&square),
-//!         |input, out| ::procpool::__private::run_task::<(u64,), _>(square, input, out),
+//!         |batch| ::procpool::__private::run_batch::<(u64,), _>(square, batch),
 //!     );
 //! };
 //! ```
@@ -270,15 +270,14 @@ fn registration(options: &Options, function: &FnItem) -> TokenStream {
         .iter()
         .filter(|attr| attr.path().is_ident("cfg"));
     // Mixed-site hygiene, so that a task named `input` or `out` is not shadowed.
-    let input = Ident::new("input", Span::mixed_site());
-    let out = Ident::new("out", Span::mixed_site());
+    let batch = Ident::new("batch", Span::mixed_site());
     // When a parameter or the result is not serializable, the compiler reports the
-    // unmet bound of `run_task` on this call: make it point at the function name, not
+    // unmet bound of `run_batch` on this call: make it point at the function name, not
     // at the attribute. The types keep their own spans, so that an unknown type is
     // reported once, in the signature.
     let span = ident.span();
     let krate_at_name = respan(krate.to_token_stream(), span);
-    let run = quote_spanned!(span=> #krate_at_name::__private::run_task::<(#(#types,)*), _>(#ident, #input, #out));
+    let run = quote_spanned!(span=> #krate_at_name::__private::run_batch::<(#(#types,)*), _>(#ident, #batch));
     quote! {
         #(#cfgs)*
         const _: () = {
@@ -287,7 +286,7 @@ fn registration(options: &Options, function: &FnItem) -> TokenStream {
             static __PROCPOOL_TASK: #krate::__private::TaskEntry = #krate::__private::TaskEntry::new(
                 ::core::concat!(::core::module_path!(), "::", #name),
                 || #krate::__private::type_id_of_val(&#ident),
-                |#input, #out| #run,
+                |#batch| #run,
             );
         };
     }
@@ -349,7 +348,7 @@ mod tests {
                 static __PROCPOOL_TASK: ::procpool::__private::TaskEntry = ::procpool::__private::TaskEntry::new(
                     ::core::concat!(::core::module_path!(), "::", "square"),
                     || ::procpool::__private::type_id_of_val(&square),
-                    |input, out| ::procpool::__private::run_task::<(u64,), _>(square, input, out),
+                    |batch| ::procpool::__private::run_batch::<(u64,), _>(square, batch),
                 );
             };
         };
@@ -360,7 +359,7 @@ mod tests {
     fn builds_the_argument_tuple_in_order() {
         let tuple = |item: &str| {
             let output = expand_str("", item).to_string();
-            let start = output.find("run_task :: < ").unwrap() + "run_task :: < ".len();
+            let start = output.find("run_batch :: < ").unwrap() + "run_batch :: < ".len();
             let end = output[start..].find(" , _ >").unwrap();
             output[start..start + end].to_owned()
         };
@@ -412,8 +411,8 @@ mod tests {
             })
         }
         let output = expand_str("", "fn square(number: u64) -> u64 { number * number }");
-        let run_task = find(output, "run_task").unwrap();
-        assert_eq!(run_task.source_text().as_deref(), Some("square"));
+        let run_batch = find(output, "run_batch").unwrap();
+        assert_eq!(run_batch.source_text().as_deref(), Some("square"));
     }
 
     #[test]
