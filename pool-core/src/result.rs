@@ -1,6 +1,7 @@
 //! Results that arrive later: [`AsyncResult`], its [`Callbacks`], and the collector
 //! that turns batch replies into one typed outcome.
 
+use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -114,7 +115,12 @@ pub(crate) fn decode_reply<R: DeserializeOwned>(
     let mut items = Items::new(frame.items());
     for index in first..first + count {
         let result = match items.next_item() {
-            Ok(Some(item)) => decode_item(task, item, index, reply.pid),
+            // The common case first, inlined: a successful item that decodes.
+            Ok(Some([STATUS_OK, body @ ..])) => match postcard::from_bytes(body) {
+                Ok(value) => Ok(value),
+                Err(e) => Err(undecodable(task, index, e)),
+            },
+            Ok(Some(item)) => decode_failure(task, item, index, reply.pid),
             Ok(None) => Err(Error::protocol(format!(
                 "reply holds fewer than the {count} items announced"
             ))),
@@ -124,19 +130,20 @@ pub(crate) fn decode_reply<R: DeserializeOwned>(
     }
 }
 
-fn decode_item<R: DeserializeOwned>(
-    task: &str,
-    item: &[u8],
-    index: usize,
-    pid: u32,
-) -> Result<R, Error> {
+#[cold]
+fn undecodable(task: &str, index: usize, e: postcard::Error) -> Error {
+    Error::Serialization {
+        task: task.to_owned(),
+        index,
+        what: "deserialized in the parent",
+        message: e.to_string(),
+    }
+}
+
+/// The error of a result item that is not a success.
+#[cold]
+fn decode_failure<R>(task: &str, item: &[u8], index: usize, pid: u32) -> Result<R, Error> {
     match item.split_first() {
-        Some((&STATUS_OK, body)) => postcard::from_bytes(body).map_err(|e| Error::Serialization {
-            task: task.to_owned(),
-            index,
-            what: "deserialized in the parent",
-            message: e.to_string(),
-        }),
         Some((&STATUS_FAILED, body)) => {
             let failure: protocol::ItemFailure = postcard::from_bytes(body)
                 .map_err(|e| Error::protocol(format!("malformed task failure: {e}")))?;
@@ -174,8 +181,13 @@ thread_local! {
 }
 
 struct CollectState<T, R> {
-    /// Decoded chunks by first index; concatenated in order at the end.
-    chunks: Vec<(usize, Vec<T>)>,
+    /// The results of items `0..len`, in input order; `None` while a driver decodes
+    /// the chunk that comes next straight into it.
+    values: Option<Vec<T>>,
+    /// Items before this one are in `values` or being decoded into it.
+    next: usize,
+    /// Chunks decoded out of order, by first index, until those before them are in.
+    pending: BTreeMap<usize, Vec<T>>,
     remaining: usize,
     /// The outcome is decided (its callbacks may still be running): later
     /// deliveries are ignored.
@@ -189,7 +201,7 @@ struct CollectState<T, R> {
 
 /// What settling needs once the lock is released.
 struct Settling<T, R> {
-    chunks: Vec<(usize, Vec<T>)>,
+    values: Vec<T>,
     error: Option<Error>,
     on_success: Option<SuccessFn<R>>,
     on_error: Option<ErrorFn>,
@@ -210,7 +222,9 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
             started: Instant::now(),
             finish,
             state: Mutex::new(CollectState {
-                chunks: Vec::new(),
+                values: Some(Vec::new()),
+                next: 0,
+                pending: BTreeMap::new(),
                 remaining: total,
                 decided: false,
                 outcome: None,
@@ -248,7 +262,7 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
             self.job.cancel();
         }
         Some(Settling {
-            chunks: std::mem::take(&mut state.chunks),
+            values: state.values.take().unwrap_or_default(),
             error,
             on_success: state.on_success.take(),
             on_error: state.on_error.take(),
@@ -259,27 +273,15 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
     /// pool, even terminate it), then publishes the outcome and wakes the waiters.
     fn settle(&self, settling: Settling<T, R>) {
         let Settling {
-            mut chunks,
+            values,
             error,
             on_success,
             on_error,
         } = settling;
         let outcome = match error {
             Some(e) => Err(e),
-            None => {
-                chunks.sort_unstable_by_key(|(first, _)| *first);
-                let mut values = Vec::with_capacity(self.total);
-                let mut missing = false;
-                for (first, chunk) in chunks {
-                    missing |= first != values.len();
-                    values.extend(chunk);
-                }
-                if missing || values.len() != self.total {
-                    Err(Error::protocol("a result is missing"))
-                } else {
-                    (self.finish)(values)
-                }
-            }
+            None if values.len() != self.total => Err(Error::protocol("a result is missing")),
+            None => (self.finish)(values),
         };
         // The callback that does not run is dropped here, releasing its captures.
         match (&outcome, on_success, on_error) {
@@ -338,11 +340,30 @@ impl<T, R> Collector<T, R> {
 }
 
 impl<T: DeserializeOwned + Send, R: Send> ReplySink for Collector<T, R> {
+    /// The chunk that comes next is decoded straight into the result vector, taken
+    /// out of the state meanwhile; a chunk that arrives early is decoded (in parallel)
+    /// into a vector of its own and moved in once those before it are in. So the
+    /// results are in place, in order, as soon as the last chunk is decoded.
     fn deliver(&self, reply: Reply) {
-        // Decode before taking the lock, so drivers decode in parallel.
         let first = reply.first_index;
         let count = reply.count as usize;
-        let mut values = Vec::with_capacity(count);
+        let claimed = {
+            let mut state = lock(&self.state);
+            if state.decided {
+                return;
+            }
+            let next = state.next;
+            match state.values.take_if(|_| first == next) {
+                Some(mut values) => {
+                    state.next = first + count;
+                    values.reserve_exact(self.total - values.len());
+                    Some(values)
+                }
+                None => None,
+            }
+        };
+        let in_order = claimed.is_some();
+        let mut values = claimed.unwrap_or_else(|| Vec::with_capacity(count));
         let mut error = None;
         decode_reply(self.task, reply, |_, result| match result {
             Ok(value) => values.push(value),
@@ -355,11 +376,20 @@ impl<T: DeserializeOwned + Send, R: Send> ReplySink for Collector<T, R> {
             if state.decided {
                 return;
             }
-            if error.is_none() {
-                state.chunks.push((first, values));
+            let state = &mut *state;
+            if in_order {
+                state.values = Some(values);
+            } else if error.is_none() {
+                state.pending.insert(first, values);
+            }
+            if let Some(values) = state.values.as_mut() {
+                while let Some(chunk) = state.pending.remove(&values.len()) {
+                    values.extend(chunk);
+                }
+                state.next = values.len();
             }
             state.remaining = state.remaining.saturating_sub(count);
-            self.decide(&mut state, error)
+            self.decide(state, error)
         };
         self.report_progress();
         if let Some(settling) = settling {
@@ -497,4 +527,78 @@ impl<R> AsyncResult<R> {
 
 fn already_taken() -> Error {
     Error::InvalidArgument("this result was already returned by get_timeout".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::ResultFrame;
+
+    /// A reply carrying `values` as successful result items, from `first` on.
+    fn reply(first: usize, values: &[u32]) -> Reply {
+        let mut frame = Vec::new();
+        for v in values {
+            protocol::push_item::<()>(&mut frame, |b| {
+                b.push(STATUS_OK);
+                protocol::encode_into(v, b).map_err(drop)
+            })
+            .unwrap();
+        }
+        Reply {
+            first_index: first,
+            count: values.len() as u32,
+            pid: 1,
+            outcome: Ok(ResultFrame { frame, offset: 0 }),
+        }
+    }
+
+    fn collector(total: usize) -> Arc<Collector<u32, Vec<u32>>> {
+        Collector::new("t", Arc::new(Job::default()), total, Ok, Callbacks::new())
+    }
+
+    #[test]
+    fn chunks_in_any_order_end_in_input_order() {
+        let expected: Vec<u32> = (0..10).map(|i| i * 3).collect();
+        let chunks = [0..2, 2..5, 5..6, 6..10];
+        // Every order of the four chunks, as drivers may deliver them.
+        let orders = [
+            [0, 1, 2, 3],
+            [3, 2, 1, 0],
+            [1, 3, 0, 2],
+            [2, 0, 3, 1],
+            [1, 0, 2, 3],
+        ];
+        for order in orders {
+            let c = collector(expected.len());
+            for k in order {
+                let r = chunks[k].clone();
+                assert!(c.take().is_none(), "not ready before the last chunk");
+                c.deliver(reply(r.start, &expected[r]));
+            }
+            assert_eq!(c.take().unwrap().unwrap(), expected, "order {order:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_chunk_fails_the_call_and_later_chunks_are_ignored() {
+        let c = collector(4);
+        c.deliver(reply(2, &[5, 6]));
+        c.deliver(Reply {
+            first_index: 0,
+            count: 2,
+            pid: 1,
+            outcome: Err(Error::PoolClosed),
+        });
+        c.deliver(reply(0, &[1, 2]));
+        assert!(matches!(c.take(), Some(Err(Error::PoolClosed))));
+    }
+
+    #[test]
+    fn a_short_reply_is_a_protocol_error() {
+        let c = collector(3);
+        let mut short = reply(0, &[1, 2]);
+        short.count = 3;
+        c.deliver(short);
+        assert!(matches!(c.take(), Some(Err(Error::Protocol(_)))));
+    }
 }
