@@ -11,11 +11,44 @@ use crate::error::Error;
 use crate::result::{self, Progress};
 use crate::scheduler::{Batch, Job, Reply, ReplySink, Shared};
 
-/// One item's result as the stream keeps it: the error boxed, so items stay small.
-type Item<R> = Result<R, Box<Error>>;
-
 /// A decoded chunk: its first index and its items.
-type Chunk<R> = (usize, Vec<Item<R>>);
+type Chunk<R> = (usize, Decoded<R>);
+
+/// The results of one chunk, in order: the values, and apart from them the few
+/// errors with their positions, so each item costs only its value (the decoded
+/// values cross from a pool thread to the consumer: smaller is faster).
+struct Decoded<R> {
+    values: std::vec::IntoIter<R>,
+    /// `(position in the chunk, error)`, by position.
+    errors: VecDeque<(usize, Error)>,
+    /// Position of the next item.
+    pos: usize,
+    len: usize,
+}
+
+impl<R> Iterator for Decoded<R> {
+    type Item = Result<R, Error>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Result<R, Error>> {
+        if self.pos == self.len {
+            return None;
+        }
+        let item = match self.errors.front() {
+            Some((at, _)) if *at == self.pos => self.errors.pop_front().map(|(_, e)| Err(e)),
+            _ => self.values.next().map(Ok),
+        };
+        self.pos += 1;
+        item
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.len - self.pos;
+        (left, Some(left))
+    }
+}
+
+impl<R> ExactSizeIterator for Decoded<R> {}
 
 /// Decodes replies on the pool thread that received them, so the consumer only
 /// moves finished values.
@@ -27,16 +60,36 @@ struct Decoder<R> {
 impl<R: DeserializeOwned + Send> ReplySink for Decoder<R> {
     fn deliver(&self, reply: Reply) {
         let first = reply.first_index;
-        let mut items = Vec::with_capacity(reply.count as usize);
-        result::decode_reply(self.task, reply, |_, r: Result<R, Error>| {
-            items.push(r.map_err(Box::new));
+        let len = reply.count as usize;
+        let mut values = Vec::with_capacity(len);
+        let mut errors = VecDeque::new();
+        result::decode_reply(self.task, reply, |index, r: Result<R, Error>| match r {
+            Ok(value) => values.push(value),
+            Err(e) => errors.push_back((index - first, e)),
         });
-        let _ = self.chunks.send((first, items));
+        let decoded = Decoded {
+            values: values.into_iter(),
+            errors,
+            pos: 0,
+            len,
+        };
+        let _ = self.chunks.send((first, decoded));
     }
 }
 
-/// Encodes the next input item into the buffer; `None` at the end of the input.
-pub(crate) type Source = Box<dyn FnMut(&mut Vec<u8>) -> Option<Result<(), Error>> + Send>;
+/// Encodes up to `max` more input items into the buffer (one loop per chunk, not a
+/// call per item).
+pub(crate) type Source = Box<dyn FnMut(&mut Vec<u8>, u32) -> Filled + Send>;
+
+/// What a [`Source`] did.
+pub(crate) struct Filled {
+    /// Items encoded.
+    pub(crate) count: u32,
+    /// The input ended (or an item failed to encode: `error`); nothing more comes.
+    pub(crate) ended: bool,
+    /// The item after the `count` encoded could not be encoded.
+    pub(crate) error: Option<Error>,
+}
 
 /// Chunks kept in flight per worker process.
 const CHUNKS_PER_WORKER: usize = 4;
@@ -68,10 +121,10 @@ pub struct Imap<R> {
     /// Size of the last chunk sent, to size the next one's buffer.
     last_chunk_bytes: usize,
     /// Ordered mode: chunks that arrived early, by first index.
-    early: BTreeMap<usize, Vec<Item<R>>>,
+    early: BTreeMap<usize, Decoded<R>>,
     next_expected: usize,
     /// Chunks ready to hand out, in order.
-    ready: VecDeque<std::vec::IntoIter<Item<R>>>,
+    ready: VecDeque<Decoded<R>>,
     /// An error to yield once everything before it has been yielded.
     last_error: Option<Error>,
     total: Option<usize>,
@@ -146,20 +199,14 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
                 return;
             };
             let mut buf = Vec::with_capacity(self.last_chunk_bytes + 16);
-            let mut count = 0u32;
-            while (count as usize) < self.chunksize {
-                match source(&mut buf) {
-                    None => {
-                        self.source = None;
-                        break;
-                    }
-                    Some(Ok(())) => count += 1,
-                    Some(Err(e)) => {
-                        self.last_error = Some(e);
-                        self.source = None;
-                        break;
-                    }
-                }
+            let Filled {
+                count,
+                ended,
+                error,
+            } = source(&mut buf, self.chunksize as u32);
+            if ended {
+                self.source = None;
+                self.last_error = error;
             }
             if count == 0 {
                 return;
@@ -193,14 +240,18 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
             self.early.insert(first, items);
             while let Some(chunk) = self.early.remove(&self.next_expected) {
                 self.next_expected += chunk.len();
-                self.ready.push_back(chunk.into_iter());
+                self.ready.push_back(chunk);
             }
         } else {
-            self.ready.push_back(items.into_iter());
+            self.ready.push_back(items);
         }
         if let Some(f) = self.on_progress.as_mut() {
             let waiting: usize = self.ready.iter().map(ExactSizeIterator::len).sum::<usize>()
-                + self.early.values().map(Vec::len).sum::<usize>();
+                + self
+                    .early
+                    .values()
+                    .map(ExactSizeIterator::len)
+                    .sum::<usize>();
             f(Progress {
                 done: self.yielded + waiting,
                 total: self.total,
@@ -218,12 +269,11 @@ impl<R: DeserializeOwned + Send + 'static> Iterator for Imap<R> {
             if let Some(chunk) = self.ready.front_mut() {
                 if let Some(item) = chunk.next() {
                     self.yielded += 1;
-                    if (self.read - self.yielded).is_multiple_of(self.chunksize) {
-                        self.fill();
-                    }
-                    return Some(item.map_err(|e| *e));
+                    return Some(item);
                 }
+                // A chunk's worth consumed: read ahead again.
                 self.ready.pop_front();
+                self.fill();
                 continue;
             }
             self.fill();
@@ -247,5 +297,28 @@ impl<R: DeserializeOwned + Send + 'static> Iterator for Imap<R> {
 impl<R> Drop for Imap<R> {
     fn drop(&mut self) {
         self.job.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decoded_chunk_interleaves_errors_at_their_positions() {
+        let chunk = Decoded {
+            values: vec![10u32, 30, 50].into_iter(),
+            errors: VecDeque::from([(1, Error::PoolClosed), (3, Error::protocol("x"))]),
+            pos: 0,
+            len: 5,
+        };
+        assert_eq!(chunk.len(), 5);
+        let got: Vec<Result<u32, Error>> = chunk.collect();
+        assert_eq!(got.len(), 5);
+        assert!(matches!(got[0], Ok(10)));
+        assert!(matches!(got[1], Err(Error::PoolClosed)));
+        assert!(matches!(got[2], Ok(30)));
+        assert!(matches!(got[3], Err(Error::Protocol(_))));
+        assert!(matches!(got[4], Ok(50)));
     }
 }

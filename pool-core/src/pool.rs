@@ -15,7 +15,7 @@ pub(crate) mod encode;
 use encode::{check_chunksize, chunk_too_large, default_chunksize, push_argument};
 
 use crate::error::Error;
-use crate::imap::{Imap, Source};
+use crate::imap::{Filled, Imap, Source};
 use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::registry::{self, TaskEntry};
 use crate::result::{AsyncResult, Callbacks, Collector, Progress, decode_reply};
@@ -746,11 +746,31 @@ impl Pool {
         let total = (high == Some(low)).then_some(low);
         let mut index = 0usize;
         let task = entry.name();
-        let source: Source = Box::new(move |buf: &mut Vec<u8>| {
-            let item = items.next()?;
-            let result = push_argument(buf, entry, index, item.borrow());
-            index += 1;
-            Some(result)
+        let source: Source = Box::new(move |buf: &mut Vec<u8>, max: u32| {
+            let mut count = 0;
+            while count < max {
+                let Some(item) = items.next() else {
+                    return Filled {
+                        count,
+                        ended: true,
+                        error: None,
+                    };
+                };
+                if let Err(e) = push_argument(buf, entry, index, item.borrow()) {
+                    return Filled {
+                        count,
+                        ended: true,
+                        error: Some(e),
+                    };
+                }
+                index += 1;
+                count += 1;
+            }
+            Filled {
+                count,
+                ended: false,
+                error: None,
+            }
         });
         Ok(Imap::new(
             Arc::clone(&self.shared),
