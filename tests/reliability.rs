@@ -318,3 +318,25 @@ fn a_retried_chunk_with_no_worker_left_fails_instead_of_waiting() {
         "{err:?}"
     );
 }
+
+#[test]
+fn small_quick_chunks_sent_together_keep_their_own_results_and_errors() {
+    // Chunks of one quick item travel to a worker many in one frame: each item
+    // still gets its own value or error, at its own index, in order.
+    let pool = Pool::new(2).unwrap();
+    let n = 3_000u64;
+    let results: Vec<Result<u64, Error>> = pool.imap(odd_fails, 0..n).unwrap().collect();
+    assert_eq!(results.len(), n as usize);
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(v) => assert!(i % 2 == 0 && *v == i as u64, "item {i}: {r:?}"),
+            Err(Error::TaskPanicked { index, message, .. }) => {
+                assert!(i % 2 == 1 && *index == i, "item {i}: {r:?}");
+                assert_eq!(*message, format!("odd {i}"));
+            }
+            Err(e) => panic!("item {i}: {e:?}"),
+        }
+    }
+    let evens: Vec<u64> = (0..n).step_by(2).collect();
+    assert_eq!(pool.map_chunked(odd_fails, &evens, 1).unwrap(), evens);
+}

@@ -310,6 +310,11 @@ impl<'a> Items<'a> {
         Ok(Some(item))
     }
 
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+
     /// True when every item has been read.
     pub fn is_empty(&self) -> bool {
         self.rest.is_empty()

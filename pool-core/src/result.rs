@@ -548,7 +548,7 @@ mod tests {
             first_index: first,
             count: values.len() as u32,
             pid: 1,
-            outcome: Ok(ResultFrame { frame, offset: 0 }),
+            outcome: Ok(ResultFrame::new(frame, 0)),
         }
     }
 

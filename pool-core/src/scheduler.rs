@@ -132,16 +132,61 @@ impl Drop for Batch {
     }
 }
 
-/// A worker's answer to a batch: the reply frame and where its items start.
+/// A worker's answer to a batch: its result items, `range` of a reply frame (shared
+/// by the batches that went to the worker together in one frame).
 #[derive(Debug)]
 pub(crate) struct ResultFrame {
-    pub(crate) frame: Vec<u8>,
-    pub(crate) offset: usize,
+    pub(crate) frame: Arc<Vec<u8>>,
+    pub(crate) range: Range<usize>,
 }
 
 impl ResultFrame {
+    /// The whole of `frame` after `offset`.
+    pub(crate) fn new(frame: Vec<u8>, offset: usize) -> Self {
+        let end = frame.len();
+        ResultFrame {
+            frame: Arc::new(frame),
+            range: offset.min(end)..end,
+        }
+    }
+
     pub(crate) fn items(&self) -> &[u8] {
-        &self.frame[self.offset..]
+        self.frame.get(self.range.clone()).unwrap_or_default()
+    }
+
+    /// Cuts the items of a frame that answered several batches at once into one
+    /// result per batch, by the batches' item counts.
+    pub(crate) fn split(self, counts: impl IntoIterator<Item = u32>) -> Vec<Result<Self, Error>> {
+        let mut items = crate::protocol::Items::new(self.items());
+        let base = self.range.start;
+        let total = self.range.len();
+        let mut at = 0;
+        let mut parts = Vec::new();
+        for count in counts {
+            let start = at;
+            let mut short = None;
+            for _ in 0..count {
+                match items.next_item() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        short = Some(Error::protocol("a reply holds fewer items than announced"))
+                    }
+                    Err(e) => short = Some(e),
+                }
+                if short.is_some() {
+                    break;
+                }
+            }
+            at = total - items.remaining();
+            parts.push(match short {
+                Some(e) => Err(e),
+                None => Ok(ResultFrame {
+                    frame: Arc::clone(&self.frame),
+                    range: base + start..base + at,
+                }),
+            });
+        }
+        parts
     }
 }
 
@@ -279,7 +324,7 @@ impl Shared {
                 task,
                 first_index: 0,
                 count: 1,
-                items,
+                items: &[items],
             };
             let pid = conn.pid;
             let outcome = match conn.exchange(self, &request) {
@@ -337,6 +382,48 @@ impl Shared {
             cancelled.push(batch);
         }
         None
+    }
+
+    /// Adds to `group` the batches at the head of the queue that `wanted` accepts,
+    /// while their items stay within `max_items` and their bytes within `max_bytes`,
+    /// leaving to idle drivers what they could start.
+    fn take_more(
+        &self,
+        group: &mut Vec<Batch>,
+        wanted: impl Fn(&Batch) -> bool,
+        max_items: usize,
+        max_bytes: usize,
+    ) {
+        let mut items: usize = group.iter().map(|b| b.count as usize).sum();
+        let mut bytes: usize = group.iter().map(|b| b.range.len()).sum();
+        let mut cancelled = Vec::new();
+        let mut state = lock(&self.state);
+        if self.is_terminating() {
+            return;
+        }
+        while state.queue.len() > state.available {
+            let Some(front) = state.queue.front() else {
+                break;
+            };
+            if !wanted(front)
+                || items + front.count as usize > max_items
+                || bytes + front.range.len() > max_bytes
+            {
+                break;
+            }
+            let Some(batch) = state.queue.pop_front() else {
+                break;
+            };
+            if batch.job.is_cancelled() {
+                cancelled.push(batch);
+                continue;
+            }
+            items += batch.count as usize;
+            bytes += batch.range.len();
+            group.push(batch);
+        }
+        drop(state);
+        drop(cancelled);
     }
 
     /// The next batch to run; `None` when the driver should stop.
@@ -435,3 +522,51 @@ impl Shared {
 use connection::{Connection, Request};
 pub(crate) use driver::drive;
 use driver::failure_error;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol;
+
+    fn frame_of(items: &[&[u8]]) -> ResultFrame {
+        let mut frame = vec![9, 9]; // a header to skip
+        for item in items {
+            protocol::push_item::<()>(&mut frame, |b| {
+                b.extend_from_slice(item);
+                Ok(())
+            })
+            .unwrap();
+        }
+        ResultFrame::new(frame, 2)
+    }
+
+    fn items_of(part: &ResultFrame) -> Vec<Vec<u8>> {
+        let mut items = protocol::Items::new(part.items());
+        let mut out = Vec::new();
+        while let Some(item) = items.next_item().unwrap() {
+            out.push(item.to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn a_grouped_reply_splits_by_item_counts() {
+        let big = [7u8; 300]; // a two-byte length
+        let frame = frame_of(&[b"a", &big, b"", b"cd", b"e"]);
+        let parts = frame.split([2, 0, 1, 2]);
+        let parts: Vec<ResultFrame> = parts.into_iter().map(Result::unwrap).collect();
+        assert_eq!(items_of(&parts[0]), [b"a".to_vec(), big.to_vec()]);
+        assert!(items_of(&parts[1]).is_empty());
+        assert_eq!(items_of(&parts[2]), [Vec::<u8>::new()]);
+        assert_eq!(items_of(&parts[3]), [b"cd".to_vec(), b"e".to_vec()]);
+    }
+
+    #[test]
+    fn a_short_grouped_reply_fails_the_batches_it_cannot_fill() {
+        let parts = frame_of(&[b"a", b"b", b"c"]).split([2, 2, 1]);
+        assert_eq!(parts.len(), 3);
+        assert!(parts[0].is_ok());
+        assert!(matches!(parts[1], Err(Error::Protocol(_))));
+        assert!(matches!(parts[2], Err(Error::Protocol(_))));
+    }
+}

@@ -33,12 +33,13 @@ impl From<Error> for LinkFailure {
     }
 }
 
-/// One chunk of work as it goes on the wire.
+/// One chunk of work as it goes on the wire: its items are the concatenation of
+/// `items` (several batches may travel in one frame).
 pub(super) struct Request<'a> {
     pub(super) task: &'static str,
     pub(super) first_index: usize,
     pub(super) count: u32,
-    pub(super) items: &'a [u8],
+    pub(super) items: &'a [&'a [u8]],
 }
 
 /// One live worker process and the link to it.
@@ -156,7 +157,7 @@ impl Connection {
             task: init.task,
             first_index: 0,
             count: 1,
-            items: &init.payload,
+            items: &[&init.payload],
         };
         // The initializer is timed even without a task time limit: a worker stuck in
         // it must not hold its driver forever.
@@ -204,7 +205,15 @@ impl Connection {
             progress: shared.config.task_timeout.is_some() && request.count > 1,
         };
         protocol::encode_header(&msg, &mut self.header)?;
-        self.link.sender.send(&[&self.header, request.items])?;
+        match request.items {
+            [items] => self.link.sender.send(&[&self.header, items])?,
+            parts => {
+                let mut all = Vec::with_capacity(parts.len() + 1);
+                all.push(&self.header[..]);
+                all.extend_from_slice(parts);
+                self.link.sender.send(&all)?;
+            }
+        }
         self.items_sent += request.count as usize;
         Ok(id)
     }
@@ -244,7 +253,7 @@ impl Connection {
                 }
                 FromWorker::Done { id: got, count: n } if got == id && n == count => {
                     self.items_done += count as usize;
-                    return Ok(Ok(ResultFrame { frame, offset }));
+                    return Ok(Ok(ResultFrame::new(frame, offset)));
                 }
                 FromWorker::Refused { id: got, reason } if got == id => {
                     self.items_done += count as usize;

@@ -7,7 +7,7 @@ use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::connection::{Connection, LinkFailure, Request};
-use super::{Batch, Shared, lock};
+use super::{Batch, ResultFrame, Shared, lock};
 use crate::error::{Error, WorkerExit};
 
 /// Batches a driver keeps in flight on one worker, so the worker never waits for
@@ -22,6 +22,15 @@ const SEND_AHEAD_BELOW: Duration = Duration::from_micros(500);
 /// link's kernel buffer (64 KiB for a pipe), or pool and worker could both block
 /// writing to each other.
 const PIPELINE_MAX_FRAME: usize = 12 * 1024;
+
+/// Small batches of a quick task go to a worker several in one frame (each keeps its
+/// own results and errors), so that a wake-up of the worker and of the driver serves
+/// many items, not one. A group is sized to take about this long on the worker, by the
+/// time per item of the last frame…
+const GROUP_BUDGET: Duration = Duration::from_micros(200);
+
+/// …and holds at most this many items.
+const GROUP_MAX_ITEMS: usize = 256;
 
 /// The body of driver thread `slot`. Reports the first worker's start-up through
 /// `started`, then serves the queue until the pool closes.
@@ -70,27 +79,30 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
         PIPELINE_DEPTH
     };
     let max_items = shared.config.max_tasks_per_child.unwrap_or(usize::MAX);
-    let mut in_flight: VecDeque<(Batch, u64)> = VecDeque::with_capacity(depth);
+    // Frames in flight: the batches each carries, and its id.
+    let mut in_flight: VecDeque<(Vec<Batch>, u64)> = VecDeque::with_capacity(depth);
     let mut occupied = false;
     // Batches are sent ahead only while they are quick: for long tasks the round
     // trip is negligible, and a batch queued behind a long one on this worker could
     // have run at once on another.
-    let mut quick: Option<&'static str> = None; // the task whose last batch was quick
+    let mut quick: Option<&'static str> = None; // the task whose last frame was quick
+    let mut group_items = 1; // items per frame for that task
     let mut busy_since = Instant::now();
     // Held while work is in flight; released while waiting for work.
     let mut link: Option<MutexGuard<'_, Option<Connection>>> = None;
     loop {
         let mut failure = None;
         while in_flight.len() < depth && failure.is_none() {
+            let items_sent = link
+                .as_ref()
+                .and_then(|l| l.as_ref())
+                .map_or(0, |c| c.items_sent);
+            let allowance = max_items.saturating_sub(items_sent);
             let next = if in_flight.is_empty() {
                 link = None;
                 shared.next()
             } else {
-                let items_sent = link
-                    .as_ref()
-                    .and_then(|l| l.as_ref())
-                    .map_or(usize::MAX, |c| c.items_sent);
-                match quick.filter(|_| items_sent < max_items) {
+                match quick.filter(|_| allowance > 0) {
                     Some(task) => {
                         shared.try_next(|b| b.task == task && b.range.len() <= PIPELINE_MAX_FRAME)
                     }
@@ -102,66 +114,83 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
                 shared.set_occupied(&mut occupied, true);
                 busy_since = Instant::now();
             }
+            let task = batch.task;
+            let small = batch.range.len() <= PIPELINE_MAX_FRAME;
+            let mut group = vec![batch];
+            if depth > 1 && small && group_items > 1 && quick == Some(task) {
+                let limit = group_items.min(allowance);
+                shared.take_more(&mut group, |b| b.task == task, limit, PIPELINE_MAX_FRAME);
+            }
             let held = link.get_or_insert_with(|| lock(&shared.links[slot]));
             let conn = match connection(shared, slot, held) {
                 Ok(conn) => conn,
                 Err(e) => {
-                    shared.requeue(batch);
+                    // Back at the head of the queue, in their order.
+                    group.into_iter().rev().for_each(|b| shared.requeue(b));
                     shared.set_occupied(&mut occupied, true);
                     return Some(e);
                 }
             };
+            let parts: Vec<&[u8]> = group.iter().map(|b| &b.payload[b.range.clone()]).collect();
             let request = Request {
-                task: batch.task,
-                first_index: batch.first_index,
-                count: batch.count,
-                items: &batch.payload[batch.range.clone()],
+                task,
+                first_index: group[0].first_index,
+                count: group.iter().map(|b| b.count).sum(),
+                items: &parts,
             };
-            match conn.send(shared, &request) {
-                Ok(id) => in_flight.push_back((batch, id)),
+            let sent = conn.send(shared, &request);
+            drop(parts);
+            match sent {
+                Ok(id) => in_flight.push_back((group, id)),
                 Err(f) => {
-                    in_flight.push_back((batch, 0));
+                    in_flight.push_back((group, 0));
                     failure = Some(f);
                 }
             }
         }
-        let Some((batch, id)) = in_flight.pop_front() else {
+        let Some((group, id)) = in_flight.pop_front() else {
             break; // nothing in flight and nothing queued: the pool is closing
         };
         // Work is in flight, so the link is held and has a connection.
         let Some(conn) = link.as_mut().and_then(|l| l.as_mut()) else {
-            batch.complete(0, Err(Error::protocol("driver lost its connection")));
+            for batch in group {
+                batch.complete(0, Err(Error::protocol("driver lost its connection")));
+            }
             continue;
         };
         if failure.is_none() {
-            match conn.receive(shared, id, batch.count) {
+            let count: u32 = group.iter().map(|b| b.count).sum();
+            match conn.receive(shared, id, count) {
                 Ok(outcome) => {
                     let now = Instant::now();
-                    quick = (now - busy_since < SEND_AHEAD_BELOW).then_some(batch.task);
+                    let took = now - busy_since;
+                    quick = (took < SEND_AHEAD_BELOW).then_some(group[0].task);
+                    group_items = group_size(took, count);
                     busy_since = now;
-                    batch.complete(conn.pid, outcome);
+                    complete(group, conn.pid, outcome);
                     if in_flight.is_empty() {
                         shared.set_occupied(&mut occupied, false);
                     }
                 }
                 Err(f) => {
-                    in_flight.push_front((batch, id));
+                    in_flight.push_front((group, id));
                     failure = Some(f);
                 }
             }
         } else {
-            in_flight.push_front((batch, id));
+            in_flight.push_front((group, id));
         }
         if let Some(failure) = failure {
             // The worker is gone: every batch it held fails or runs again.
             let (exit, failure) = conn.reap_failed(shared, failure);
             let pid = conn.pid;
             let mut failure = Some(failure);
-            for (batch, _) in in_flight.drain(..) {
+            for batch in in_flight.drain(..).flat_map(|(group, _)| group) {
                 let cause = failure.take().unwrap_or(LinkFailure::Closed);
                 lost(shared, batch, pid, exit, cause);
             }
             quick = None;
+            group_items = 1;
             shared.set_occupied(&mut occupied, false);
             if let Some(held) = link.as_mut() {
                 **held = None;
@@ -197,6 +226,39 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
     }
     shared.set_occupied(&mut occupied, true);
     None
+}
+
+/// Items per frame for a task whose last frame of `count` items took `took`: as many
+/// as fit the group budget at that pace.
+fn group_size(took: Duration, count: u32) -> usize {
+    let per_item = took.as_nanos() / u128::from(count.max(1));
+    let fit = GROUP_BUDGET.as_nanos() / per_item.max(1);
+    usize::try_from(fit)
+        .unwrap_or(usize::MAX)
+        .clamp(1, GROUP_MAX_ITEMS)
+}
+
+/// Hands each batch of a frame its part of the reply.
+fn complete(mut group: Vec<Batch>, pid: u32, outcome: Result<ResultFrame, Error>) {
+    if group.len() == 1 {
+        if let Some(batch) = group.pop() {
+            batch.complete(pid, outcome);
+        }
+        return;
+    }
+    match outcome {
+        Ok(frame) => {
+            let parts = frame.split(group.iter().map(|b| b.count));
+            for (batch, part) in group.into_iter().zip(parts) {
+                batch.complete(pid, part);
+            }
+        }
+        Err(e) => {
+            for batch in group {
+                batch.complete(pid, Err(e.duplicate()));
+            }
+        }
+    }
 }
 
 /// A batch whose worker failed: run it again if it was lost with a dead worker and
@@ -240,5 +302,21 @@ pub(super) fn failure_error(
             after: shared.config.task_timeout.unwrap_or_default(),
         },
         LinkFailure::Broken(e) => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_fit_the_budget() {
+        // 1 µs an item: 200 items fit 200 µs.
+        assert_eq!(group_size(Duration::from_micros(100), 100), 200);
+        // Very quick items: capped.
+        assert_eq!(group_size(Duration::from_nanos(10), 100), GROUP_MAX_ITEMS);
+        // Slow items: one at a time.
+        assert_eq!(group_size(Duration::from_millis(5), 1), 1);
+        assert_eq!(group_size(Duration::ZERO, 0), GROUP_MAX_ITEMS);
     }
 }
