@@ -60,6 +60,7 @@ fn headers(c: &mut Criterion) {
         first_index: 1_000_000,
         count: 1000,
         progress: false,
+        linger: false,
     })
     .unwrap();
     batch.extend_from_slice(&[1, 7]); // one item follows the header

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 
 /// Version of this protocol; parent and worker must agree.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// First bytes of every handshake.
 pub const MAGIC: [u8; 4] = *b"PPL\x01";
@@ -44,6 +44,9 @@ pub enum ToWorker<'a> {
         /// Send a [`FromWorker::Progress`] as each item but the last starts, so the
         /// pool can time every item (used with a task time limit).
         progress: bool,
+        /// A call the caller waits on (`apply`): after answering, watch a moment for
+        /// the next request before sleeping, as such calls often come in a loop.
+        linger: bool,
     },
     /// Exit cleanly.
     Shutdown,
@@ -335,6 +338,7 @@ mod tests {
             first_index: 10,
             count: 3,
             progress: true,
+            linger: false,
         };
         encode_header(&msg, &mut buf).unwrap();
         buf.extend_from_slice(b"rest");

@@ -325,6 +325,7 @@ impl Shared {
                 first_index: 0,
                 count: 1,
                 items: &[items],
+                direct: true,
             };
             let pid = conn.pid;
             let outcome = match conn.exchange(self, &request) {

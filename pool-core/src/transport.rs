@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::process::{Child, Command};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 
@@ -41,6 +41,18 @@ pub trait FrameReceiver: Send {
     /// to arrive by then. A frame cut short, or announced longer than the cap, is an
     /// [`Error::Protocol`]; nothing larger than the cap is ever allocated.
     fn recv(&mut self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> Result<Received, Error>;
+
+    /// Watches for up to `spin` (without sleeping, yielding the CPU between looks)
+    /// for a frame to start arriving; true if one has. Called before a [`recv`]
+    /// whose answer is expected within microseconds: a thread put to sleep and woken
+    /// again costs tens of microseconds on a virtual machine. The default does not
+    /// watch.
+    ///
+    /// [`recv`]: FrameReceiver::recv
+    fn arriving_within(&mut self, spin: Duration) -> Result<bool, Error> {
+        let _ = spin;
+        Ok(false)
+    }
 }
 
 /// Both directions of a channel between the pool and one worker.

@@ -1,12 +1,17 @@
 //! The loop a worker process runs: handshake, then batches until the pool lets go.
 
 use std::io::Write;
+use std::time::Duration;
 
 use crate::error::Error;
 use crate::protocol::{self, FromWorker, Hello, Items, MAGIC, PROTOCOL_VERSION, ToWorker};
 use crate::registry::{self, TaskEntry};
 use crate::task::{self, BatchRun};
 use crate::transport::{Link, Received};
+
+/// How long a worker that answered a direct call watches for the next request
+/// before it sleeps.
+const LINGER: Duration = Duration::from_micros(50);
 
 /// The serving side of a worker process.
 ///
@@ -48,7 +53,13 @@ impl Worker {
         let mut frame = Vec::new();
         let mut results = Vec::new();
         let mut cached: Option<&'static TaskEntry> = None;
+        let mut linger = false;
         loop {
+            if linger {
+                // The last call's caller is likely to call again within microseconds:
+                // watch for it a moment before sleeping, to be awake when it comes.
+                self.link.receiver.arriving_within(LINGER)?;
+            }
             match self.link.receiver.recv(&mut frame, None)? {
                 Received::Frame => {}
                 Received::Closed => return Ok(()),
@@ -62,8 +73,12 @@ impl Worker {
                     task,
                     count,
                     progress,
+                    linger: direct,
                     ..
-                } => (id, task, count, progress),
+                } => {
+                    linger = direct;
+                    (id, task, count, progress)
+                }
             };
             let entry = match cached
                 .filter(|e| e.name() == task)

@@ -165,6 +165,7 @@ fn link(sender: IpcSender<Wire>, receiver: IpcReceiver<Wire>, config: LinkConfig
         receiver: Box::new(IpcFrameReceiver {
             receiver,
             max_frame: config.max_frame,
+            early: None,
         }),
     }
 }
@@ -236,13 +237,16 @@ impl FrameSender for IpcFrameSender {
 struct IpcFrameReceiver {
     receiver: IpcReceiver<Wire>,
     max_frame: usize,
+    /// What `arriving_within` saw arrive, for the next `recv`.
+    early: Option<Result<Wire, TryRecvError>>,
 }
 
 impl FrameReceiver for IpcFrameReceiver {
     fn recv(&mut self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> Result<Received, Error> {
-        let message = match deadline {
-            None => self.receiver.recv().map_err(TryRecvError::IpcError),
-            Some(d) => self
+        let message = match (self.early.take(), deadline) {
+            (Some(early), _) => early,
+            (None, None) => self.receiver.recv().map_err(TryRecvError::IpcError),
+            (None, Some(d)) => self
                 .receiver
                 .try_recv_timeout(d.saturating_duration_since(Instant::now())),
         };
@@ -271,6 +275,26 @@ impl FrameReceiver for IpcFrameReceiver {
         }
         Ok(Received::Frame)
     }
+
+    fn arriving_within(&mut self, spin: Duration) -> Result<bool, Error> {
+        if self.early.is_some() {
+            return Ok(true);
+        }
+        let until = Instant::now() + spin;
+        loop {
+            match self.receiver.try_recv() {
+                Err(TryRecvError::Empty) => {}
+                other => {
+                    self.early = Some(other);
+                    return Ok(true);
+                }
+            }
+            if Instant::now() >= until {
+                return Ok(false);
+            }
+            std::thread::yield_now();
+        }
+    }
 }
 
 /// A link to a worker that never connected: the pool sees `outcome` on its first
@@ -298,6 +322,36 @@ fn dead_link(outcome: Received) -> Link {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_frame_seen_while_watching_is_the_next_one_received() {
+        let (tx, rx) = ipc::channel::<Wire>().unwrap();
+        let mut sender = IpcFrameSender {
+            sender: tx,
+            max_frame: 1024,
+        };
+        let mut receiver = IpcFrameReceiver {
+            receiver: rx,
+            max_frame: 1024,
+            early: None,
+        };
+        assert!(!receiver.arriving_within(Duration::from_millis(1)).unwrap());
+        sender.send(&[b"one"]).unwrap();
+        sender.send(&[b"two"]).unwrap();
+        assert!(receiver.arriving_within(Duration::from_secs(5)).unwrap());
+        assert!(
+            receiver.arriving_within(Duration::ZERO).unwrap(),
+            "still there"
+        );
+        let mut buf = Vec::new();
+        assert_eq!(receiver.recv(&mut buf, None).unwrap(), Received::Frame);
+        assert_eq!(buf, b"one");
+        assert_eq!(receiver.recv(&mut buf, None).unwrap(), Received::Frame);
+        assert_eq!(buf, b"two");
+        drop(sender);
+        assert!(receiver.arriving_within(Duration::from_secs(5)).unwrap());
+        assert_eq!(receiver.recv(&mut buf, None).unwrap(), Received::Closed);
+    }
 
     #[test]
     fn the_bootstrap_socket_lives_in_a_directory_only_this_user_can_open() {

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use procpool_core::{Error, FrameReceiver, FrameSender, Link, LinkConfig, Received, Transport};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -136,5 +136,60 @@ impl FrameReceiver for PipeReceiver {
             return Ok(Received::TimedOut);
         }
         frame::read_frame(&mut self.reader, buf, self.max_frame)
+    }
+
+    fn arriving_within(&mut self, spin: Duration) -> Result<bool, Error> {
+        if !self.reader.buffer().is_empty() {
+            return Ok(true);
+        }
+        let until = Instant::now() + spin;
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        loop {
+            let mut fds = [PollFd::new(self.reader.get_ref(), PollFlags::IN)];
+            match poll(&mut fds, Some(&now)) {
+                Ok(0) | Err(Errno::INTR) => {}
+                Ok(_) => return Ok(true),
+                Err(e) => return Err(std::io::Error::from(e).into()),
+            }
+            if Instant::now() >= until {
+                return Ok(false);
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watching_sees_frames_and_the_end_without_consuming_them() {
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let mut sender = PipeSender {
+            writer: BufWriter::new(File::from(write)),
+            max_frame: 1024,
+        };
+        let mut receiver = PipeReceiver {
+            reader: BufReader::new(File::from(read)),
+            max_frame: 1024,
+        };
+        assert!(!receiver.arriving_within(Duration::from_millis(1)).unwrap());
+        sender.send(&[b"one"]).unwrap();
+        sender.send(&[b"two"]).unwrap();
+        assert!(receiver.arriving_within(Duration::from_secs(5)).unwrap());
+        let mut buf = Vec::new();
+        assert_eq!(receiver.recv(&mut buf, None).unwrap(), Received::Frame);
+        assert_eq!(buf, b"one");
+        // The second frame is in the reader's buffer now.
+        assert!(receiver.arriving_within(Duration::ZERO).unwrap());
+        assert_eq!(receiver.recv(&mut buf, None).unwrap(), Received::Frame);
+        assert_eq!(buf, b"two");
+        drop(sender);
+        assert!(receiver.arriving_within(Duration::from_secs(5)).unwrap());
+        assert_eq!(receiver.recv(&mut buf, None).unwrap(), Received::Closed);
     }
 }

@@ -33,6 +33,9 @@ impl From<Error> for LinkFailure {
     }
 }
 
+/// How long a direct call watches for its answer before its thread sleeps.
+const DIRECT_SPIN: Duration = Duration::from_micros(100);
+
 /// One chunk of work as it goes on the wire: its items are the concatenation of
 /// `items` (several batches may travel in one frame).
 pub(super) struct Request<'a> {
@@ -40,6 +43,8 @@ pub(super) struct Request<'a> {
     pub(super) first_index: usize,
     pub(super) count: u32,
     pub(super) items: &'a [&'a [u8]],
+    /// Sent by the caller's own thread, which waits for the answer (`apply`).
+    pub(super) direct: bool,
 }
 
 /// One live worker process and the link to it.
@@ -158,6 +163,7 @@ impl Connection {
             first_index: 0,
             count: 1,
             items: &[&init.payload],
+            direct: false,
         };
         // The initializer is timed even without a task time limit: a worker stuck in
         // it must not hold its driver forever.
@@ -187,6 +193,8 @@ impl Connection {
         request: &Request<'_>,
     ) -> Result<Result<ResultFrame, Error>, LinkFailure> {
         let id = self.send(shared, request)?;
+        // The caller waits anyway: watch for a quick answer before going to sleep.
+        self.link.receiver.arriving_within(DIRECT_SPIN)?;
         self.receive(shared, id, request.count)
     }
 
@@ -203,6 +211,7 @@ impl Connection {
             first_index: request.first_index as u64,
             count: request.count,
             progress: shared.config.task_timeout.is_some() && request.count > 1,
+            linger: request.direct,
         };
         protocol::encode_header(&msg, &mut self.header)?;
         match request.items {

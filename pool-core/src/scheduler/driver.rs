@@ -137,6 +137,7 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
                 first_index: group[0].first_index,
                 count: group.iter().map(|b| b.count).sum(),
                 items: &parts,
+                direct: false,
             };
             let sent = conn.send(shared, &request);
             drop(parts);
