@@ -21,9 +21,23 @@ struct Decoded<R> {
     values: std::vec::IntoIter<R>,
     /// `(position in the chunk, error)`, by position.
     errors: VecDeque<(usize, Error)>,
+    /// Position of the first error in `errors`; `usize::MAX` if none.
+    next_error: usize,
     /// Position of the next item.
     pos: usize,
     len: usize,
+}
+
+impl<R> Decoded<R> {
+    fn new(values: Vec<R>, errors: VecDeque<(usize, Error)>, len: usize) -> Self {
+        Decoded {
+            values: values.into_iter(),
+            next_error: errors.front().map_or(usize::MAX, |(at, _)| *at),
+            errors,
+            pos: 0,
+            len,
+        }
+    }
 }
 
 impl<R> Iterator for Decoded<R> {
@@ -34,12 +48,13 @@ impl<R> Iterator for Decoded<R> {
         if self.pos == self.len {
             return None;
         }
-        let item = match self.errors.front() {
-            Some((at, _)) if *at == self.pos => self.errors.pop_front().map(|(_, e)| Err(e)),
-            _ => self.values.next().map(Ok),
-        };
         self.pos += 1;
-        item
+        if self.pos - 1 != self.next_error {
+            return self.values.next().map(Ok);
+        }
+        let error = self.errors.pop_front().map(|(_, e)| Err(e));
+        self.next_error = self.errors.front().map_or(usize::MAX, |(at, _)| *at);
+        error
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -67,13 +82,7 @@ impl<R: DeserializeOwned + Send> ReplySink for Decoder<R> {
             Ok(value) => values.push(value),
             Err(e) => errors.push_back((index - first, e)),
         });
-        let decoded = Decoded {
-            values: values.into_iter(),
-            errors,
-            pos: 0,
-            len,
-        };
-        let _ = self.chunks.send((first, decoded));
+        let _ = self.chunks.send((first, Decoded::new(values, errors, len)));
     }
 }
 
@@ -123,7 +132,9 @@ pub struct Imap<R> {
     /// Ordered mode: chunks that arrived early, by first index.
     early: BTreeMap<usize, Decoded<R>>,
     next_expected: usize,
-    /// Chunks ready to hand out, in order.
+    /// The chunk being handed out.
+    current: Decoded<R>,
+    /// Chunks ready to hand out after it, in order.
     ready: VecDeque<Decoded<R>>,
     /// An error to yield once everything before it has been yielded.
     last_error: Option<Error>,
@@ -173,6 +184,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
             last_chunk_bytes: 0,
             early: BTreeMap::new(),
             next_expected: 0,
+            current: Decoded::new(Vec::new(), VecDeque::new(), 0),
             ready: VecDeque::new(),
             last_error: None,
             total,
@@ -246,7 +258,8 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
             self.ready.push_back(items);
         }
         if let Some(f) = self.on_progress.as_mut() {
-            let waiting: usize = self.ready.iter().map(ExactSizeIterator::len).sum::<usize>()
+            let waiting: usize = self.current.len()
+                + self.ready.iter().map(ExactSizeIterator::len).sum::<usize>()
                 + self
                     .early
                     .values()
@@ -266,13 +279,13 @@ impl<R: DeserializeOwned + Send + 'static> Iterator for Imap<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(chunk) = self.ready.front_mut() {
-                if let Some(item) = chunk.next() {
-                    self.yielded += 1;
-                    return Some(item);
-                }
+            if let Some(item) = self.current.next() {
+                self.yielded += 1;
+                return Some(item);
+            }
+            if let Some(chunk) = self.ready.pop_front() {
                 // A chunk's worth consumed: read ahead again.
-                self.ready.pop_front();
+                self.current = chunk;
                 self.fill();
                 continue;
             }
@@ -289,7 +302,8 @@ impl<R: DeserializeOwned + Send + 'static> Iterator for Imap<R> {
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         let left = self.total.map(|t| t.saturating_sub(self.yielded));
-        let ready = self.ready.iter().map(ExactSizeIterator::len).sum();
+        let ready =
+            self.current.len() + self.ready.iter().map(ExactSizeIterator::len).sum::<usize>();
         (ready, left)
     }
 }
@@ -306,12 +320,11 @@ mod tests {
 
     #[test]
     fn a_decoded_chunk_interleaves_errors_at_their_positions() {
-        let chunk = Decoded {
-            values: vec![10u32, 30, 50].into_iter(),
-            errors: VecDeque::from([(1, Error::PoolClosed), (3, Error::protocol("x"))]),
-            pos: 0,
-            len: 5,
-        };
+        let chunk = Decoded::new(
+            vec![10u32, 30, 50],
+            VecDeque::from([(1, Error::PoolClosed), (3, Error::protocol("x"))]),
+            5,
+        );
         assert_eq!(chunk.len(), 5);
         let got: Vec<Result<u32, Error>> = chunk.collect();
         assert_eq!(got.len(), 5);

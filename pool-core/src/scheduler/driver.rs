@@ -30,7 +30,7 @@ const PIPELINE_MAX_FRAME: usize = 12 * 1024;
 const GROUP_BUDGET: Duration = Duration::from_micros(200);
 
 /// …and holds at most this many items.
-const GROUP_MAX_ITEMS: usize = 256;
+const GROUP_MAX_ITEMS: usize = 4096;
 
 /// The body of driver thread `slot`. Reports the first worker's start-up through
 /// `started`, then serves the queue until the pool closes.
