@@ -340,3 +340,21 @@ fn small_quick_chunks_sent_together_keep_their_own_results_and_errors() {
     let evens: Vec<u64> = (0..n).step_by(2).collect();
     assert_eq!(pool.map_chunked(odd_fails, &evens, 1).unwrap(), evens);
 }
+
+#[pool_task]
+fn blow_up(n: u32) -> procpool::Bytes {
+    procpool::Bytes::from(vec![n as u8; 256 << 10])
+}
+
+#[test]
+fn quick_tasks_with_big_results_do_not_jam_the_link() {
+    // Tiny arguments of a quick task are sent ahead and grouped; their results are
+    // far bigger than the link's buffer. The pool must keep reading while it writes.
+    let pool = Pool::new(2).unwrap();
+    let out = pool.map_chunked(blow_up, 0..64u32, 1).unwrap();
+    assert_eq!(out.len(), 64);
+    for (n, bytes) in out.iter().enumerate() {
+        assert_eq!(bytes.len(), 256 << 10);
+        assert!(bytes.iter().all(|&b| b == n as u8), "item {n}");
+    }
+}

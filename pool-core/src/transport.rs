@@ -20,6 +20,14 @@ pub trait FrameSender: Send {
     /// A frame longer than the link's cap is refused with [`Error::Protocol`]
     /// before anything is written.
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), Error>;
+
+    /// Bytes the channel holds for a reader that is not reading: how much a sender
+    /// may write ahead of the reader without blocking. The pool keeps its frames
+    /// sent ahead of a busy worker within this, so that it never blocks writing
+    /// while the worker blocks writing back. The default is 64 KiB, a Linux pipe's.
+    fn capacity(&self) -> usize {
+        64 * 1024
+    }
 }
 
 /// What [`FrameReceiver::recv`] got.

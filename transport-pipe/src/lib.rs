@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use procpool_core::{Error, FrameReceiver, FrameSender, Link, LinkConfig, Received, Transport};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::{Errno, fcntl_dupfd_cloexec};
-use rustix::pipe::{PipeFlags, pipe_with};
+use rustix::pipe::{PipeFlags, fcntl_getpipe_size, pipe_with};
 
 /// Environment variable naming the worker's descriptors.
 const FDS_ENV: &str = "PROCPOOL_PIPE_FDS";
@@ -75,10 +75,14 @@ impl Transport for PipeTransport {
 }
 
 fn link(read: OwnedFd, write: OwnedFd, config: LinkConfig) -> Link {
+    // A pipe holds 64 KiB, unless the user has more pipe pages than
+    // `pipe-user-pages-soft` allows: then new pipes get one or two pages.
+    let capacity = fcntl_getpipe_size(&write).unwrap_or(4096);
     Link {
         sender: Box::new(PipeSender {
             writer: BufWriter::with_capacity(BUFFER, File::from(write)),
             max_frame: config.max_frame,
+            capacity,
         }),
         receiver: Box::new(PipeReceiver {
             reader: BufReader::with_capacity(BUFFER, File::from(read)),
@@ -92,11 +96,17 @@ fn link(read: OwnedFd, write: OwnedFd, config: LinkConfig) -> Link {
 struct PipeSender {
     writer: BufWriter<File>,
     max_frame: usize,
+    /// The pipe's buffer, in bytes.
+    capacity: usize,
 }
 
 impl FrameSender for PipeSender {
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), Error> {
         frame::write_frame(&mut self.writer, parts, self.max_frame)
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
     }
 }
 
@@ -172,6 +182,7 @@ mod tests {
         let mut sender = PipeSender {
             writer: BufWriter::new(File::from(write)),
             max_frame: 1024,
+            capacity: 4096,
         };
         let mut receiver = PipeReceiver {
             reader: BufReader::new(File::from(read)),

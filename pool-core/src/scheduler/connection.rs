@@ -58,6 +58,9 @@ pub(super) struct Connection {
     /// Items sent to this worker (run or in flight).
     pub(super) items_sent: usize,
     pub(super) header: Vec<u8>,
+    /// Largest batch payload sent ahead to this worker while it is busy: the frames
+    /// in flight must fit the link's buffer.
+    pub(super) ahead_frame: usize,
 }
 
 impl Connection {
@@ -92,7 +95,9 @@ impl Connection {
             items_done: 0,
             items_sent: 0,
             header: Vec::with_capacity(128),
+            ahead_frame: 0,
         };
+        conn.ahead_frame = super::driver::ahead_frame(conn.link.sender.capacity());
         if shared.is_terminating() {
             conn.reap(shared);
             return Err(Error::PoolClosed);

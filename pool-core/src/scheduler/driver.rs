@@ -20,8 +20,20 @@ const SEND_AHEAD_BELOW: Duration = Duration::from_micros(500);
 
 /// Only frames up to this size are sent ahead: everything in flight must fit in the
 /// link's kernel buffer (64 KiB for a pipe), or pool and worker could both block
-/// writing to each other.
+/// writing to each other (see [`ahead_frame`]).
 const PIPELINE_MAX_FRAME: usize = 12 * 1024;
+
+/// Room kept in a frame sent ahead for its length prefix and header (the task's
+/// name is in it).
+const FRAME_OVERHEAD: usize = 512;
+
+/// Largest payload a frame sent ahead may carry on a link holding `capacity` bytes:
+/// [`PIPELINE_DEPTH`] frames of it, with their headers, fit.
+pub(super) fn ahead_frame(capacity: usize) -> usize {
+    (capacity / PIPELINE_DEPTH)
+        .min(PIPELINE_MAX_FRAME)
+        .saturating_sub(FRAME_OVERHEAD)
+}
 
 /// Small batches of a quick task go to a worker several in one frame (each keeps its
 /// own results and errors), so that a wake-up of the worker and of the driver serves
@@ -93,19 +105,17 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
     loop {
         let mut failure = None;
         while in_flight.len() < depth && failure.is_none() {
-            let items_sent = link
+            let (items_sent, ahead) = link
                 .as_ref()
                 .and_then(|l| l.as_ref())
-                .map_or(0, |c| c.items_sent);
+                .map_or((0, 0), |c| (c.items_sent, c.ahead_frame));
             let allowance = max_items.saturating_sub(items_sent);
             let next = if in_flight.is_empty() {
                 link = None;
                 shared.next()
             } else {
                 match quick.filter(|_| allowance > 0) {
-                    Some(task) => {
-                        shared.try_next(|b| b.task == task && b.range.len() <= PIPELINE_MAX_FRAME)
-                    }
+                    Some(task) => shared.try_next(|b| b.task == task && b.range.len() <= ahead),
                     None => None,
                 }
             };
@@ -115,22 +125,23 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
                 busy_since = Instant::now();
             }
             let task = batch.task;
-            let small = batch.range.len() <= PIPELINE_MAX_FRAME;
             let mut group = vec![batch];
-            if depth > 1 && small && group_items > 1 && quick == Some(task) {
-                let limit = group_items.min(allowance);
-                shared.take_more(&mut group, |b| b.task == task, limit, PIPELINE_MAX_FRAME);
-            }
             let held = link.get_or_insert_with(|| lock(&shared.links[slot]));
             let conn = match connection(shared, slot, held) {
                 Ok(conn) => conn,
                 Err(e) => {
-                    // Back at the head of the queue, in their order.
-                    group.into_iter().rev().for_each(|b| shared.requeue(b));
+                    group.into_iter().for_each(|b| shared.requeue(b));
                     shared.set_occupied(&mut occupied, true);
                     return Some(e);
                 }
             };
+            // A group is sent ahead like any frame: it stays within the same size.
+            let ahead = conn.ahead_frame;
+            if depth > 1 && group_items > 1 && quick == Some(task) && group[0].range.len() <= ahead
+            {
+                let limit = group_items.min(allowance);
+                shared.take_more(&mut group, |b| b.task == task, limit, ahead);
+            }
             let parts: Vec<&[u8]> = group.iter().map(|b| &b.payload[b.range.clone()]).collect();
             let request = Request {
                 task,
@@ -309,6 +320,18 @@ pub(super) fn failure_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_sent_ahead_fit_the_link() {
+        // A 64 KiB pipe: the usual cap.
+        assert_eq!(ahead_frame(64 * 1024), PIPELINE_MAX_FRAME - FRAME_OVERHEAD);
+        // A one-page pipe (the user is over pipe-user-pages-soft): small frames only,
+        // and all of them with their headers fit.
+        let small = ahead_frame(4096);
+        assert!(small > 0 && PIPELINE_DEPTH * (small + FRAME_OVERHEAD) <= 4096);
+        // Too small to send anything ahead.
+        assert_eq!(ahead_frame(1024), 0);
+    }
 
     #[test]
     fn groups_fit_the_budget() {
