@@ -1,26 +1,32 @@
 #!/usr/bin/env bash
 # procpool vs Python's multiprocessing.Pool, back to back on this machine.
 #
-#   bash benches/compare.sh [--processes N] [--repeat R] [--start-method M]
-#                           [--out DIR] [SCENARIO ...]
+#   bash benches/compare.sh [--processes N] [--repeat R] [--rounds K]
+#                           [--start-method M] [--out DIR] [SCENARIO ...]
 #
 # Runs benches/python_reference.py, then the Rust runner (examples/compare.rs) over
 # the pipe and the ipc transport, all with the same --processes, --repeat and
 # scenarios, and prints one Markdown table joined on (scenario, metric). The
-# raw-pipe and rayon reference rows come from the pipe run. --start-method goes to
-# Python only (procpool always re-executes its binary); --out DIR keeps the JSON
-# lines of each run. Progress and human-readable results go to stderr.
+# raw-pipe and rayon reference rows come from the pipe run. With --rounds K the
+# three runs take turns K times and each figure is the best of its rounds, so that
+# on a shared, noisy machine every side gets the same chance at a quiet moment.
+# --start-method goes to Python only (procpool always re-executes its binary);
+# --out DIR keeps the JSON lines of each run. Progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 common=()
 python_only=()
 out=""
+rounds=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --processes | --repeat)
             [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }
             common+=("$1" "$2"); shift 2 ;;
+        --rounds)
+            [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }
+            rounds="$2"; shift 2 ;;
         --start-method)
             [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }
             python_only+=("$1" "$2"); shift 2 ;;
@@ -28,7 +34,7 @@ while [ $# -gt 0 ]; do
             [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }
             out="$2"; shift 2 ;;
         -h | --help)
-            sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+            sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "unknown option $1" >&2; exit 2 ;;
         *) common+=("$1"); shift ;;
     esac
@@ -44,15 +50,21 @@ echo "==> building the Rust runner" >&2
 cargo build --quiet --release --example compare --features ipc
 runner=(cargo run --quiet --release --example compare --features ipc --)
 
-echo "==> python-multiprocessing" >&2
-python3 benches/python_reference.py ${common[@]+"${common[@]}"} \
-    ${python_only[@]+"${python_only[@]}"} >"$out/python.jsonl"
-echo "==> procpool-pipe" >&2
-"${runner[@]}" --transport pipe ${common[@]+"${common[@]}"} >"$out/pipe.jsonl"
-echo "==> procpool-ipc" >&2
-"${runner[@]}" --transport ipc --no-reference ${common[@]+"${common[@]}"} >"$out/ipc.jsonl"
+case "$rounds" in
+    '' | *[!0-9]* | 0) echo "--rounds needs a positive number" >&2; exit 2 ;;
+esac
+: >"$out/python.jsonl"; : >"$out/pipe.jsonl"; : >"$out/ipc.jsonl"
+for round in $(seq "$rounds"); do
+    echo "==> round $round of $rounds: python-multiprocessing" >&2
+    python3 benches/python_reference.py ${common[@]+"${common[@]}"} \
+        ${python_only[@]+"${python_only[@]}"} >>"$out/python.jsonl"
+    echo "==> round $round of $rounds: procpool-pipe" >&2
+    "${runner[@]}" --transport pipe ${common[@]+"${common[@]}"} >>"$out/pipe.jsonl"
+    echo "==> round $round of $rounds: procpool-ipc" >&2
+    "${runner[@]}" --transport ipc --no-reference ${common[@]+"${common[@]}"} >>"$out/ipc.jsonl"
+done
 
-python3 - "$out/python.jsonl" "$out/pipe.jsonl" "$out/ipc.jsonl" <<'PY'
+python3 - "$out/python.jsonl" "$out/pipe.jsonl" "$out/ipc.jsonl" "$rounds" <<'PY'
 import json
 import sys
 
@@ -60,19 +72,31 @@ ORDER = ["map_tiny", "map_tiny_chunk1", "apply_rtt", "startup", "payload_1mib",
          "cpu_bound", "imap_stream"]
 LOWER_IS_BETTER = {"us", "ms"}
 
-rows = [json.loads(line) for path in sys.argv[1:] for line in open(path) if line.strip()]
+rows = [json.loads(line) for path in sys.argv[1:4] for line in open(path) if line.strip()]
 keys, units = [], {}      # (scenario, metric) in order of appearance, and their units
 value = {}                # (impl, scenario, metric) -> value; procpool, and references
-python = {}               # (scenario, metric) -> [(start_method, value)]
+python = {}               # (scenario, metric) -> {start_method: value}
+
+
+def best(unit, old, new):
+    """The better of two rounds' figures."""
+    if old is None:
+        return new
+    return min(old, new) if unit in LOWER_IS_BETTER else max(old, new)
+
+
 for r in rows:
     key = (r["scenario"], r["metric"])
     if key not in units:
         keys.append(key)
         units[key] = r["unit"]
+    unit = units[key]
     if r["impl"] == "python-multiprocessing":
-        python.setdefault(key, []).append((r["start_method"], r["value"]))
+        methods = python.setdefault(key, {})
+        methods[r["start_method"]] = best(unit, methods.get(r["start_method"]), r["value"])
     else:
-        value.setdefault((r["impl"], *key), r["value"])
+        k = (r["impl"], *key)
+        value[k] = best(unit, value.get(k), r["value"])
 seen = {k: n for n, k in enumerate(keys)}
 keys.sort(key=lambda k: (ORDER.index(k[0]) if k[0] in ORDER else len(ORDER), seen[k]))
 
@@ -99,7 +123,7 @@ for key in keys:
     ref = [f"{who} {fmt(value[(who, *key)])}" for who in ("raw-pipe", "rayon")
            if (who, *key) in value]
     better = "lower" if unit in LOWER_IS_BETTER else "higher"
-    runs = python.get(key) or [(None, None)]
+    runs = list(python.get(key, {}).items()) or [(None, None)]
     for method, py in runs:
         label = scenario if len(runs) == 1 else f"{scenario} (py {method})"
         table.append([label, metric, unit, fmt(py), fmt(pipe), fmt(ipc), ", ".join(ref),
@@ -114,7 +138,8 @@ for n, row in enumerate(table):
         print("|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
                              for i, w in enumerate(widths)) + "|")
 p = rows[0]["processes"] if rows else "?"
-print(f"\nprocesses={p}; best of --repeat runs; ratio = procpool / python: above 1 is "
+rounds = sys.argv[4] if len(sys.argv) > 4 else "1"
+print(f"\nprocesses={p}; best of --repeat runs and of {rounds} round(s); ratio = procpool / python: above 1 is "
       "better for throughput and speedup (better=higher), below 1 is better for "
       "latency and startup (better=lower). procpool's start_method is reexec; "
       "Python's is fork unless --start-method was given (startup shows each).")
