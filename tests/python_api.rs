@@ -213,7 +213,7 @@ fn imap_reads_its_input_lazily_in_bounded_memory() {
         counter.fetch_add(1, Ordering::Relaxed);
     });
     let chunk = 100;
-    let bound = 4 * pool.processes() * chunk; // the documented read-ahead
+    let bound = 8 * pool.processes() * chunk; // the documented read-ahead
     let mut stream = pool.imap_chunked(square, input, chunk).unwrap();
     let mut consumed = 0usize;
     let mut worst = 0usize;

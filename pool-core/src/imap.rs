@@ -101,12 +101,12 @@ pub(crate) struct Filled {
 }
 
 /// Chunks kept in flight per worker process.
-const CHUNKS_PER_WORKER: usize = 4;
+const CHUNKS_PER_WORKER: usize = 8;
 
 /// The results of `imap` (input order) or `imap_unordered` (completion order), one
 /// `Result` per item.
 ///
-/// The input is read lazily: at most `4 × processes × chunksize` items are taken from
+/// The input is read lazily: at most `8 × processes × chunksize` items are taken from
 /// it ahead of what you have consumed, so an endless or huge iterator streams in
 /// constant memory (Python's `imap` reads its whole input into a queue). A failed
 /// item yields its error and the stream goes on; if the pool is closed or dropped
