@@ -292,6 +292,42 @@ fn terminate_with_ten_thousand_queued_tasks_wakes_every_handle() {
 }
 
 #[test]
+fn a_big_chunk_travels_in_pieces_and_comes_back_whole() {
+    // One chunk of 300 000 items is ~1 MiB of arguments: it goes out in 128 KiB
+    // pieces, which two workers share; the results come back complete, in order.
+    let pool = Pool::new(2).unwrap();
+    let n = 300_000u64;
+    let out = pool.map_chunked(square, 0..n, n as usize).unwrap();
+    assert_eq!(out.len(), n as usize);
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, &v)| v == (i as u64) * (i as u64))
+    );
+    let pids: BTreeSet<u32> = pool
+        .map_chunked(pid_of, 0..200_000u32, 200_000)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(!pids.is_empty() && pids.len() <= 2, "{pids:?}");
+    // With recycling, the pieces are where a worker may be replaced.
+    let pool = Pool::builder()
+        .processes(1)
+        .max_tasks_per_child(100_000)
+        .build()
+        .unwrap();
+    let pids: BTreeSet<u32> = pool
+        .map_chunked(pid_of, 0..300_000u32, 300_000)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(
+        pids.len() >= 2,
+        "a 300 000-item chunk ran in one worker: {pids:?}"
+    );
+}
+
+#[test]
 fn max_tasks_per_child_recycles_workers() {
     let pool = Pool::builder()
         .processes(1)

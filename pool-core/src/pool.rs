@@ -12,6 +12,10 @@ use serde::de::DeserializeOwned;
 
 pub(crate) mod encode;
 
+/// Encoded bytes after which a chunk's items go out as one piece and the rest as
+/// further pieces.
+const PIECE_BYTES: usize = 128 * 1024;
+
 use encode::{check_chunksize, chunk_too_large, default_chunksize, push_argument};
 
 use crate::error::Error;
@@ -108,8 +112,9 @@ impl PoolBuilder {
     }
 
     /// Replace each worker by a fresh process after it has run `items` items (Python's
-    /// `maxtasksperchild`), to bound leaks in long-running pools. A chunk is never
-    /// split, so a worker may run a few more items than this before it is replaced.
+    /// `maxtasksperchild`), to bound leaks in long-running pools. The items sent to a
+    /// worker together (a chunk, or a 128 KiB piece of a bigger one) are never split,
+    /// so a worker may run a few more items than this before it is replaced.
     /// Zero is refused by [`build`](Self::build).
     pub fn max_tasks_per_child(mut self, items: usize) -> Self {
         self.max_tasks_per_child = Some(items);
@@ -292,7 +297,9 @@ impl Pool {
 
     /// Applies a one-parameter task to every item, in parallel; results in input order.
     ///
-    /// Items are cut into chunks of `ceil(len / (4 * processes))`, as Python does.
+    /// Items are cut into chunks of `ceil(len / (4 * processes))`, as Python does; a
+    /// chunk whose encoded arguments pass 128 KiB goes to the workers in pieces of
+    /// that size (the first piece is on its way while the rest is encoded).
     /// `items` may be any `IntoIterator` whose items are the parameter's type or a
     /// reference to it. The first failing item (in completion order) ends the call
     /// with its error.
@@ -697,22 +704,29 @@ impl Pool {
             e
         };
         let mut first = 0;
-        let mut last_len = 0; // bytes of the previous chunk: the next one is sized alike
+        let mut last_len = 0; // bytes of the previous piece: the next one is sized alike
         while first < total {
-            let count = chunk.min(total - first);
-            let mut buf = Vec::with_capacity(last_len.max(count.min(1 << 16) * 2) + 16);
-            for index in first..first + count {
-                let item = items.next().ok_or_else(|| {
-                    abandon(Error::InvalidArgument(format!(
-                        "the input promised {total} items (exact size_hint) but ended after {index}"
-                    )))
-                })?;
-                push_argument(&mut buf, entry, index, item.borrow()).map_err(abandon)?;
+            let end = first + chunk.min(total - first);
+            // A chunk goes out in pieces of about `PIECE_BYTES`: workers start on the
+            // first piece while the rest is encoded, and a worker's next piece is
+            // queued while the pool decodes its last results.
+            while first < end {
+                let mut buf = Vec::with_capacity(last_len.max((end - first).min(1 << 16) * 2) + 16);
+                let mut index = first;
+                while index < end && buf.len() < PIECE_BYTES {
+                    let item = items.next().ok_or_else(|| {
+                        abandon(Error::InvalidArgument(format!(
+                            "the input promised {total} items (exact size_hint) but ended after {index}"
+                        )))
+                    })?;
+                    push_argument(&mut buf, entry, index, item.borrow()).map_err(abandon)?;
+                    index += 1;
+                }
+                last_len = buf.len();
+                self.send_chunk(entry, &job, &sink, first, index - first, buf)
+                    .map_err(abandon)?;
+                first = index;
             }
-            last_len = buf.len();
-            self.send_chunk(entry, &job, &sink, first, count, buf)
-                .map_err(abandon)?;
-            first += count;
         }
         if items.next().is_some() {
             return Err(abandon(Error::InvalidArgument(format!(
