@@ -277,7 +277,29 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
 impl<R: DeserializeOwned + Send + 'static> Iterator for Imap<R> {
     type Item = Result<R, Error>;
 
+    /// The item at hand is taken inline, in the caller's loop; the rest (the next
+    /// chunk, reading ahead, waiting) is out of line.
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(item) = self.current.next() {
+            self.yielded += 1;
+            return Some(item);
+        }
+        self.next_chunk()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.total.map(|t| t.saturating_sub(self.yielded));
+        let ready =
+            self.current.len() + self.ready.iter().map(ExactSizeIterator::len).sum::<usize>();
+        (ready, left)
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> Imap<R> {
+    /// [`Iterator::next`] once the chunk at hand is used up.
+    #[inline(never)]
+    fn next_chunk(&mut self) -> Option<Result<R, Error>> {
         loop {
             if let Some(item) = self.current.next() {
                 self.yielded += 1;
@@ -298,13 +320,6 @@ impl<R: DeserializeOwned + Send + 'static> Iterator for Imap<R> {
             let chunk = self.replies.recv().ok()?;
             self.receive(chunk);
         }
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.total.map(|t| t.saturating_sub(self.yielded));
-        let ready =
-            self.current.len() + self.ready.iter().map(ExactSizeIterator::len).sum::<usize>();
-        (ready, left)
     }
 }
 
