@@ -466,3 +466,54 @@ fn progress_bars_do_not_change_results() {
         .collect();
     assert_eq!(v.len(), 50);
 }
+
+#[test]
+fn concurrent_joins_both_wait_for_the_workers() {
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let pending = pool.map_async(nap, [150u64, 150, 150]).unwrap();
+    pool.close();
+    let other = {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || {
+            pool.join().unwrap();
+            pool.pids()
+        })
+    };
+    pool.join().unwrap();
+    assert!(pool.pids().is_empty(), "workers left after join");
+    assert!(pending.ready(), "queued work finished before join returned");
+    let seen_by_other = other.join().unwrap();
+    assert!(
+        seen_by_other.is_empty(),
+        "the second join returned early: {seen_by_other:?}"
+    );
+    assert_eq!(pending.get().unwrap(), [150, 150, 150]);
+}
+
+#[test]
+fn a_callback_may_drop_the_last_handle_to_its_pool() {
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let inner = Arc::clone(&pool);
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let handle = pool
+        .apply_async_with(
+            square,
+            (3u64,),
+            Callbacks::new().on_success(move |v: &u64| {
+                go_rx.recv().unwrap();
+                // The last handle: dropping it terminates the pool from its own thread.
+                drop(inner);
+                done_tx.send(*v).unwrap();
+            }),
+        )
+        .unwrap();
+    drop(pool);
+    go_tx.send(()).unwrap();
+    assert_eq!(
+        done_rx.recv_timeout(Duration::from_secs(20)).unwrap(),
+        9,
+        "the callback ran to its end"
+    );
+    assert_eq!(handle.get().unwrap(), 9);
+}

@@ -3,8 +3,8 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -40,7 +40,21 @@ const HEADER_ROOM: usize = 1024;
 /// Dropping the pool terminates and reaps its workers: no orphan, no zombie.
 pub struct Pool {
     shared: Arc<Shared>,
-    drivers: Mutex<Vec<JoinHandle<()>>>,
+    drivers: Mutex<Drivers>,
+    /// Signalled when the drivers have been joined.
+    joined: Condvar,
+}
+
+/// The pool's driver threads, and who joins them.
+#[derive(Default)]
+struct Drivers {
+    handles: Vec<JoinHandle<()>>,
+    /// The drivers' thread ids, kept after their handles are taken.
+    ids: Vec<ThreadId>,
+    /// A thread has taken the handles and is joining them.
+    joining: bool,
+    /// Every driver has been joined.
+    joined: bool,
 }
 
 impl fmt::Debug for Pool {
@@ -236,7 +250,8 @@ impl PoolBuilder {
         }));
         let pool = Pool {
             shared: Arc::clone(&shared),
-            drivers: Mutex::new(Vec::with_capacity(processes)),
+            drivers: Mutex::new(Drivers::default()),
+            joined: Condvar::new(),
         };
         let (started_tx, started_rx) = mpsc::channel();
         for slot in 0..processes {
@@ -245,7 +260,9 @@ impl PoolBuilder {
             let handle = std::thread::Builder::new()
                 .name(format!("procpool-driver-{slot}"))
                 .spawn(move || scheduler::drive(shared, slot, started))?;
-            lock(&pool.drivers).push(handle);
+            let mut drivers = lock(&pool.drivers);
+            drivers.ids.push(handle.thread().id());
+            drivers.handles.push(handle);
         }
         drop(started_tx);
         let mut first_error = None;
@@ -594,11 +611,33 @@ impl Pool {
         Ok(())
     }
 
+    /// Joins the driver threads once, whoever calls first; later and concurrent
+    /// callers wait for that. A driver thread (a callback of this pool that joins or
+    /// drops it) does not wait for itself: it ends when its callback returns.
     fn join_drivers(&self) {
-        let handles = std::mem::take(&mut *lock(&self.drivers));
+        let me = std::thread::current().id();
+        let handles = {
+            let mut drivers = lock(&self.drivers);
+            let own = drivers.ids.contains(&me);
+            if drivers.joining {
+                while !drivers.joined && !own {
+                    drivers = self
+                        .joined
+                        .wait(drivers)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                return;
+            }
+            drivers.joining = true;
+            std::mem::take(&mut drivers.handles)
+        };
         for handle in handles {
-            let _ = handle.join();
+            if handle.thread().id() != me {
+                let _ = handle.join();
+            }
         }
+        lock(&self.drivers).joined = true;
+        self.joined.notify_all();
     }
 
     /// Encodes and chunks all items, queues them, and returns the pending outcome.
