@@ -517,3 +517,24 @@ fn a_callback_may_drop_the_last_handle_to_its_pool() {
     );
     assert_eq!(handle.get().unwrap(), 9);
 }
+
+#[test]
+fn imap_next_timeout_times_out_and_the_stream_goes_on() {
+    let pool = Pool::new(1).unwrap();
+    let mut stream = pool.imap(nap, [300u64, 1, 2]).unwrap();
+    match stream.next_timeout(Duration::from_millis(20)) {
+        Some(Err(Error::Timeout {
+            index: Some(0),
+            pid: None,
+            after,
+            ..
+        })) => assert_eq!(after, Duration::from_millis(20)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(matches!(
+        stream.next_timeout(Duration::from_secs(20)),
+        Some(Ok(300))
+    ));
+    let rest: Vec<u64> = stream.map(Result::unwrap).collect();
+    assert_eq!(rest, [1, 2], "no item lost to the timeout");
+}

@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::time::Instant;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
@@ -285,7 +285,7 @@ impl<R: DeserializeOwned + Send + 'static> Iterator for Imap<R> {
             self.yielded += 1;
             return Some(item);
         }
-        self.next_chunk()
+        self.next_chunk(None)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -297,9 +297,22 @@ impl<R: DeserializeOwned + Send + 'static> Iterator for Imap<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> Imap<R> {
-    /// [`Iterator::next`] once the chunk at hand is used up.
+    /// Like [`Iterator::next`], but waits at most `timeout` for the next result
+    /// (Python's `IMapIterator.next(timeout)`). Past it, this is an
+    /// [`Error::Timeout`] (with no pid: no worker was killed) and the stream stays
+    /// usable: the awaited item comes with a later call. `None` at the end.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, Error>> {
+        if let Some(item) = self.current.next() {
+            self.yielded += 1;
+            return Some(item);
+        }
+        self.next_chunk(Some((Instant::now() + timeout, timeout)))
+    }
+
+    /// [`Iterator::next`] once the chunk at hand is used up, waiting until
+    /// `deadline` (and its timeout) if given.
     #[inline(never)]
-    fn next_chunk(&mut self) -> Option<Result<R, Error>> {
+    fn next_chunk(&mut self, deadline: Option<(Instant, Duration)>) -> Option<Result<R, Error>> {
         loop {
             if let Some(item) = self.current.next() {
                 self.yielded += 1;
@@ -317,7 +330,26 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
             }
             // Every submitted chunk answers exactly once (run, failed or dropped),
             // and this iterator holds a sender, so this cannot disconnect.
-            let chunk = self.replies.recv().ok()?;
+            let chunk = match deadline {
+                None => self.replies.recv().ok()?,
+                Some((at, after)) => {
+                    match self
+                        .replies
+                        .recv_timeout(at.saturating_duration_since(Instant::now()))
+                    {
+                        Ok(chunk) => chunk,
+                        Err(RecvTimeoutError::Timeout) => {
+                            return Some(Err(Error::Timeout {
+                                task: Some(self.task.to_owned()),
+                                index: self.ordered.then_some(self.yielded),
+                                pid: None,
+                                after,
+                            }));
+                        }
+                        Err(RecvTimeoutError::Disconnected) => return None,
+                    }
+                }
+            };
             self.receive(chunk);
         }
     }
