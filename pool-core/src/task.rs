@@ -22,7 +22,7 @@ use crate::protocol::{self, ItemFailure, Items, STATUS_FAILED, STATUS_OK};
 /// `Serialize + DeserializeOwned + Send + 'static`.
 ///
 /// The trait is implemented for closures too, so that they compile; a closure is
-/// then refused at run time with [`Error::NotRegistered`](crate::Error::NotRegistered),
+/// then refused at run time with [`Error::NotRegistered`],
 /// because only a `#[pool_task]` function can be found by a worker.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot run as a pool task with the arguments `{Args}`",
