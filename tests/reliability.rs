@@ -358,3 +358,72 @@ fn quick_tasks_with_big_results_do_not_jam_the_link() {
         assert!(bytes.iter().all(|&b| b == n as u8), "item {n}");
     }
 }
+
+#[pool_task]
+fn text_len(s: String) -> usize {
+    s.len()
+}
+
+#[pool_task]
+fn kilobyte(n: u32) -> Vec<u8> {
+    vec![n as u8; 1000]
+}
+
+#[test]
+fn groups_of_small_batches_stay_within_a_small_frame_cap() {
+    // Each chunk fits a 4 KiB frame alone; a group of them must too, both ways.
+    let pool = Pool::builder()
+        .processes(1)
+        .max_frame_size(4096)
+        .build()
+        .unwrap();
+    let pids = pool.pids();
+    let items: Vec<String> = (0..5_000).map(|i| format!("{i:0>200}")).collect();
+    let lens = pool.map_chunked(text_len, &items, 1).unwrap();
+    assert!(lens.iter().all(|&l| l == 200));
+    // Results of ~1 KB each: a group's reply would pass the cap; the batches are
+    // then sent again one by one, and nothing fails.
+    let out = pool.map_chunked(kilobyte, 0..5_000u32, 1).unwrap();
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, v)| v.len() == 1000 && v[0] == i as u8)
+    );
+    let streamed = pool
+        .imap(kilobyte, 0..3_000u32)
+        .unwrap()
+        .map(Result::unwrap)
+        .count();
+    assert_eq!(streamed, 3_000);
+    assert_eq!(pool.pids(), pids, "no worker was killed");
+}
+
+#[test]
+fn an_imap_chunk_over_the_frame_cap_fails_alone() {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_frame_size(4096)
+        .build()
+        .unwrap();
+    let pids = pool.pids();
+    let items = vec!["a".repeat(10), "b".repeat(10_000), "c".repeat(20)];
+    let results: Vec<Result<usize, Error>> = pool.imap(text_len, items).unwrap().collect();
+    assert!(matches!(results[0], Ok(10)), "{:?}", results[0]);
+    assert!(
+        matches!(&results[1], Err(Error::InvalidArgument(m)) if m.contains("frame limit")),
+        "{:?}",
+        results[1]
+    );
+    assert!(matches!(results[2], Ok(20)), "{:?}", results[2]);
+    assert_eq!(pool.pids(), pids, "the worker was not killed for it");
+}
+
+#[test]
+fn endless_timeouts_mean_no_deadline() {
+    let pool = Pool::new(1).unwrap();
+    let mut stream = pool.imap(square, [3u64]).unwrap();
+    assert!(matches!(stream.next_timeout(Duration::MAX), Some(Ok(9))));
+    let mut handle = pool.apply_async(square, (4u64,)).unwrap();
+    assert!(handle.wait_timeout(Duration::MAX));
+    assert_eq!(handle.get_timeout(Duration::MAX).unwrap(), 16);
+}

@@ -232,6 +232,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
                 payload: Arc::new(buf),
                 job: Arc::clone(&self.job),
                 retries: 0,
+                solo: false,
                 sink: Some(Arc::clone(&self.sink)),
             };
             self.read += count as usize;
@@ -306,7 +307,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
             self.yielded += 1;
             return Some(item);
         }
-        self.next_chunk(Some((Instant::now() + timeout, timeout)))
+        self.next_chunk(Instant::now().checked_add(timeout).map(|at| (at, timeout)))
     }
 
     /// [`Iterator::next`] once the chunk at hand is used up, waiting until

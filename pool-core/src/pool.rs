@@ -24,12 +24,11 @@ use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::registry::{self, TaskEntry};
 use crate::result::{AsyncResult, Callbacks, Collector, Progress, decode_reply};
 use crate::runtime;
-use crate::scheduler::{self, Batch, Config, Initializer, Job, ReplySink, Shared, lock};
+use crate::scheduler::{
+    self, Batch, Config, HEADER_ROOM, Initializer, Job, ReplySink, Shared, lock,
+};
 use crate::task::Task;
 use crate::transport::{IntoTransport, LinkConfig, Transport};
-
-/// Room kept in a frame for the batch header.
-const HEADER_ROOM: usize = 1024;
 
 /// A pool of worker processes running `#[pool_task]` functions.
 ///
@@ -689,7 +688,12 @@ impl Pool {
         buf: Vec<u8>,
     ) -> Result<(), Error> {
         if buf.len() > self.max_chunk() {
-            return Err(chunk_too_large(entry, first, buf.len(), self.max_chunk()));
+            return Err(chunk_too_large(
+                entry.name(),
+                first,
+                buf.len(),
+                self.max_chunk(),
+            ));
         }
         let batch = Batch {
             task: entry.name(),
@@ -699,6 +703,7 @@ impl Pool {
             payload: Arc::new(buf),
             job: Arc::clone(job),
             retries: 0,
+            solo: false,
             sink: Some(Arc::clone(sink)),
         };
         self.shared.submit(std::iter::once(batch))
@@ -706,7 +711,7 @@ impl Pool {
 
     /// Largest encoded chunk that fits a frame.
     fn max_chunk(&self) -> usize {
-        self.shared.config.link.max_frame - HEADER_ROOM
+        self.shared.max_chunk()
     }
 
     /// With the number of items known, each chunk goes to the workers as soon as it

@@ -499,7 +499,7 @@ impl<R> AsyncResult<R> {
 
     /// Blocks until the call has finished or `timeout` passes; true if finished.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.outcome.wait_until(Some(Instant::now() + timeout))
+        self.outcome.wait_until(Instant::now().checked_add(timeout))
     }
 
     /// Blocks until the call has finished and returns its result.
@@ -513,7 +513,7 @@ impl<R> AsyncResult<R> {
     /// (`Ok` or the call's own error) is spent, and asking again is an
     /// [`Error::InvalidArgument`].
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<R, Error> {
-        if !self.outcome.wait_until(Some(Instant::now() + timeout)) {
+        if !self.outcome.wait_until(Instant::now().checked_add(timeout)) {
             return Err(Error::Timeout {
                 task: Some(self.task.to_owned()),
                 index: None,

@@ -88,6 +88,9 @@ pub(crate) struct Batch {
     pub(crate) job: Arc<Job>,
     /// Runs of this batch lost with a dead worker so far.
     pub(crate) retries: u32,
+    /// Goes to a worker in a frame of its own: it was in a group whose reply the
+    /// worker could not send (over the frame cap).
+    pub(crate) solo: bool,
     /// Taken when the outcome is delivered; see `Drop`.
     pub(crate) sink: Option<Arc<dyn ReplySink>>,
 }
@@ -227,7 +230,15 @@ pub(crate) struct Shared {
     next_batch: AtomicU64,
 }
 
+/// Room kept in a frame for the batch header.
+pub(crate) const HEADER_ROOM: usize = 1024;
+
 impl Shared {
+    /// Largest encoded batch payload that fits a frame.
+    pub(crate) fn max_chunk(&self) -> usize {
+        self.config.link.max_frame.saturating_sub(HEADER_ROOM)
+    }
+
     pub(crate) fn new(config: Config) -> Self {
         let processes = config.processes;
         Shared {
@@ -407,6 +418,7 @@ impl Shared {
                 break;
             };
             if !wanted(front)
+                || front.solo
                 || items + front.count as usize > max_items
                 || bytes + front.range.len() > max_bytes
             {

@@ -24,16 +24,16 @@ pub(crate) fn push_argument<A: Serialize + ?Sized>(
     })
 }
 
-pub(super) fn chunk_too_large(
-    entry: &TaskEntry,
+/// The error of a chunk of `task` whose encoded arguments do not fit a frame.
+pub(crate) fn chunk_too_large(
+    task: &str,
     first_index: usize,
     bytes: usize,
     max_chunk: usize,
 ) -> Error {
     Error::InvalidArgument(format!(
-        "a chunk of task `{}` starting at item {first_index} needs {bytes} bytes, over the frame \
-         limit of {max_chunk} bytes: use a smaller chunksize or raise max_frame_size",
-        entry.name()
+        "a chunk of task `{task}` starting at item {first_index} needs {bytes} bytes, over the \
+         frame limit of {max_chunk} bytes: use a smaller chunksize or raise max_frame_size"
     ))
 }
 

@@ -131,7 +131,7 @@ impl Connection {
         match self
             .link
             .receiver
-            .recv(&mut frame, Some(Instant::now() + timeout))?
+            .recv(&mut frame, Instant::now().checked_add(timeout))?
         {
             Received::Frame => {}
             Received::Closed => return Err(LinkFailure::Closed),
@@ -253,7 +253,7 @@ impl Connection {
         let mut done = 0;
         loop {
             let mut frame = Vec::new();
-            let deadline = timeout.map(|t| Instant::now() + t);
+            let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
             match self.link.receiver.recv(&mut frame, deadline)? {
                 Received::Frame => {}
                 Received::Closed => return Err(LinkFailure::Closed),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::connection::{Connection, LinkFailure, Request};
 use super::{Batch, ResultFrame, Shared, lock};
 use crate::error::{Error, WorkerExit};
+use crate::pool::encode::chunk_too_large;
 
 /// Batches a driver keeps in flight on one worker, so the worker never waits for
 /// the pool between small batches.
@@ -135,12 +136,31 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
                     return Some(e);
                 }
             };
-            // A group is sent ahead like any frame: it stays within the same size.
-            let ahead = conn.ahead_frame;
-            if depth > 1 && group_items > 1 && quick == Some(task) && group[0].range.len() <= ahead
+            // A group is sent ahead like any frame: it stays within the link's
+            // buffer, and within the frame cap.
+            let bytes = conn.ahead_frame.min(shared.max_chunk());
+            if depth > 1
+                && group_items > 1
+                && quick == Some(task)
+                && !group[0].solo
+                && group[0].range.len() <= bytes
             {
                 let limit = group_items.min(allowance);
-                shared.take_more(&mut group, |b| b.task == task, limit, ahead);
+                shared.take_more(&mut group, |b| b.task == task, limit, bytes);
+            }
+            let payload: usize = group.iter().map(|b| b.range.len()).sum();
+            if payload > shared.max_chunk() {
+                // Refused before a byte is written (an `imap` chunk over the cap): the
+                // link stays in step and the worker lives; only this batch fails.
+                let error =
+                    chunk_too_large(task, group[0].first_index, payload, shared.max_chunk());
+                for batch in group {
+                    batch.complete(conn.pid, Err(error.duplicate()));
+                }
+                if in_flight.is_empty() {
+                    shared.set_occupied(&mut occupied, false);
+                }
+                continue;
             }
             let parts: Vec<&[u8]> = group.iter().map(|b| &b.payload[b.range.clone()]).collect();
             let request = Request {
@@ -173,6 +193,20 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
         if failure.is_none() {
             let count: u32 = group.iter().map(|b| b.count).sum();
             match conn.receive(shared, id, count) {
+                Ok(Err(_)) if group.len() > 1 => {
+                    // The worker could not answer the group in one frame (its results
+                    // are over the cap): each batch goes again, in a frame of its own.
+                    quick = None;
+                    group_items = 1;
+                    busy_since = Instant::now();
+                    for mut batch in group.into_iter().rev() {
+                        batch.solo = true;
+                        shared.requeue(batch);
+                    }
+                    if in_flight.is_empty() {
+                        shared.set_occupied(&mut occupied, false);
+                    }
+                }
                 Ok(outcome) => {
                     let now = Instant::now();
                     let took = now - busy_since;
@@ -196,10 +230,19 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
             // The worker is gone: every batch it held fails or runs again.
             let (exit, failure) = conn.reap_failed(shared, failure);
             let pid = conn.pid;
+            let lost_batches: Vec<Batch> = in_flight.drain(..).flat_map(|(g, _)| g).collect();
+            // The first batch gets the failure, the others `Closed`. Batches run
+            // again go back to the head of the queue: last first, to keep their order.
             let mut failure = Some(failure);
-            for batch in in_flight.drain(..).flat_map(|(group, _)| group) {
-                let cause = failure.take().unwrap_or(LinkFailure::Closed);
-                lost(shared, batch, pid, exit, cause);
+            for (k, batch) in lost_batches.into_iter().enumerate().rev() {
+                let cause = if k == 0 { failure.take() } else { None };
+                lost(
+                    shared,
+                    batch,
+                    pid,
+                    exit,
+                    cause.unwrap_or(LinkFailure::Closed),
+                );
             }
             quick = None;
             group_items = 1;
