@@ -237,13 +237,18 @@ fn a_callback_may_terminate_the_pool() {
     ));
 }
 
-#[test]
-fn an_abandoned_call_runs_no_callback() {
-    let pool = Pool::builder()
+/// A pool of one worker whose frames are at most 4 KiB.
+fn one_worker_with_4k_frames() -> Pool {
+    Pool::builder()
         .processes(1)
         .max_frame_size(4096)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn an_abandoned_call_runs_no_callback() {
+    let pool = one_worker_with_4k_frames();
     let fired = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&fired);
     // The last item does not fit a frame: chunks before it were already queued.
@@ -372,11 +377,7 @@ fn kilobyte(n: u32) -> Vec<u8> {
 #[test]
 fn groups_of_small_batches_stay_within_a_small_frame_cap() {
     // Each chunk fits a 4 KiB frame alone; a group of them must too, both ways.
-    let pool = Pool::builder()
-        .processes(1)
-        .max_frame_size(4096)
-        .build()
-        .unwrap();
+    let pool = one_worker_with_4k_frames();
     let pids = pool.pids();
     let items: Vec<String> = (0..5_000).map(|i| format!("{i:0>200}")).collect();
     let lens = pool.map_chunked(text_len, &items, 1).unwrap();
@@ -400,11 +401,7 @@ fn groups_of_small_batches_stay_within_a_small_frame_cap() {
 
 #[test]
 fn an_imap_chunk_over_the_frame_cap_fails_alone() {
-    let pool = Pool::builder()
-        .processes(1)
-        .max_frame_size(4096)
-        .build()
-        .unwrap();
+    let pool = one_worker_with_4k_frames();
     let pids = pool.pids();
     let items = vec!["a".repeat(10), "b".repeat(10_000), "c".repeat(20)];
     let results: Vec<Result<usize, Error>> = pool.imap(text_len, items).unwrap().collect();

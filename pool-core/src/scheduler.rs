@@ -82,9 +82,8 @@ pub(crate) struct Batch {
     pub(crate) task: &'static str,
     pub(crate) first_index: usize,
     pub(crate) count: u32,
-    /// The encoded items of the whole call; this batch is `range` of it.
-    pub(crate) payload: Arc<Vec<u8>>,
-    pub(crate) range: Range<usize>,
+    /// The batch's encoded items.
+    pub(crate) payload: Vec<u8>,
     pub(crate) job: Arc<Job>,
     /// Runs of this batch lost with a dead worker so far.
     pub(crate) retries: u32,
@@ -372,33 +371,19 @@ impl Shared {
 
     /// The next batch if one is queued now and `wanted` accepts it, without waiting.
     fn try_next(&self, wanted: impl Fn(&Batch) -> bool) -> Option<Batch> {
-        // Declared first, so dropped after the lock: a dropped batch tells its sink.
-        let mut cancelled = Vec::new();
-        let mut state = lock(&self.state);
-        if self.is_terminating() {
-            return None;
-        }
-        // Work that a driver with nothing in flight could start is not sent ahead.
-        while state.queue.len() > state.available {
-            if !state.queue.front().is_some_and(&wanted) {
-                break;
+        let mut one = Vec::with_capacity(1);
+        let mut taken = false;
+        self.take_ahead(&mut one, |b| {
+            !taken && wanted(b) && {
+                taken = true;
+                true
             }
-            let Some(batch) = state.queue.pop_front() else {
-                break;
-            };
-            if !batch.job.is_cancelled() {
-                drop(state);
-                drop(cancelled);
-                return Some(batch);
-            }
-            cancelled.push(batch);
-        }
-        None
+        });
+        one.pop()
     }
 
     /// Adds to `group` the batches at the head of the queue that `wanted` accepts,
-    /// while their items stay within `max_items` and their bytes within `max_bytes`,
-    /// leaving to idle drivers what they could start.
+    /// while their items stay within `max_items` and their bytes within `max_bytes`.
     fn take_more(
         &self,
         group: &mut Vec<Batch>,
@@ -407,7 +392,25 @@ impl Shared {
         max_bytes: usize,
     ) {
         let mut items: usize = group.iter().map(|b| b.count as usize).sum();
-        let mut bytes: usize = group.iter().map(|b| b.range.len()).sum();
+        let mut bytes: usize = group.iter().map(|b| b.payload.len()).sum();
+        self.take_ahead(group, |b| {
+            let fits = wanted(b)
+                && !b.solo
+                && items + b.count as usize <= max_items
+                && bytes + b.payload.len() <= max_bytes;
+            if fits {
+                items += b.count as usize;
+                bytes += b.payload.len();
+            }
+            fits
+        });
+    }
+
+    /// Moves batches from the head of the queue into `taken` while `accept` takes
+    /// them, without waiting, leaving to idle drivers the work they could start.
+    /// Cancelled batches met on the way are dropped (after the lock: a dropped batch
+    /// tells its sink).
+    fn take_ahead(&self, taken: &mut Vec<Batch>, mut accept: impl FnMut(&Batch) -> bool) {
         let mut cancelled = Vec::new();
         let mut state = lock(&self.state);
         if self.is_terminating() {
@@ -417,23 +420,18 @@ impl Shared {
             let Some(front) = state.queue.front() else {
                 break;
             };
-            if !wanted(front)
-                || front.solo
-                || items + front.count as usize > max_items
-                || bytes + front.range.len() > max_bytes
-            {
+            let cancel = front.job.is_cancelled();
+            if !cancel && !accept(front) {
                 break;
             }
             let Some(batch) = state.queue.pop_front() else {
                 break;
             };
-            if batch.job.is_cancelled() {
+            if cancel {
                 cancelled.push(batch);
-                continue;
+            } else {
+                taken.push(batch);
             }
-            items += batch.count as usize;
-            bytes += batch.range.len();
-            group.push(batch);
         }
         drop(state);
         drop(cancelled);

@@ -30,6 +30,22 @@ pub trait FrameSender: Send {
     }
 }
 
+/// The loop behind [`FrameReceiver::arriving_within`] for a transport that can look
+/// for a frame without waiting: calls `look` until it sees one (`Ok(true)`) or `spin`
+/// (at most a second) has passed, yielding the CPU between looks.
+pub fn watch(spin: Duration, mut look: impl FnMut() -> Result<bool, Error>) -> Result<bool, Error> {
+    let until = Instant::now() + spin.min(Duration::from_secs(1));
+    loop {
+        if look()? {
+            return Ok(true);
+        }
+        if Instant::now() >= until {
+            return Ok(false);
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// What [`FrameReceiver::recv`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Received {

@@ -123,7 +123,7 @@ impl Worker {
 
 /// Runs `count` items of `entry` from `payload`, appending one result item each;
 /// `started(k)`, if given, is called before item `k > 0` runs.
-pub(crate) fn run_batch<'a>(
+fn run_batch<'a>(
     entry: &TaskEntry,
     payload: &'a [u8],
     count: u32,

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{self, IpcOneShotServer, IpcReceiver, IpcSender, IpcSharedMemory};
 use ipc_channel::{IpcError, TryRecvError};
+use procpool_core::transport::watch;
 use procpool_core::{Error, FrameReceiver, FrameSender, Link, LinkConfig, Received, Transport};
 use serde::{Deserialize, Serialize};
 
@@ -280,20 +281,13 @@ impl FrameReceiver for IpcFrameReceiver {
         if self.early.is_some() {
             return Ok(true);
         }
-        let until = Instant::now() + spin;
-        loop {
-            match self.receiver.try_recv() {
-                Err(TryRecvError::Empty) => {}
-                other => {
-                    self.early = Some(other);
-                    return Ok(true);
-                }
+        watch(spin, || match self.receiver.try_recv() {
+            Err(TryRecvError::Empty) => Ok(false),
+            other => {
+                self.early = Some(other);
+                Ok(true)
             }
-            if Instant::now() >= until {
-                return Ok(false);
-            }
-            std::thread::yield_now();
-        }
+        })
     }
 }
 

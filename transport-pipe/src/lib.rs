@@ -19,6 +19,7 @@ use std::os::fd::OwnedFd;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use procpool_core::transport::watch;
 use procpool_core::{Error, FrameReceiver, FrameSender, Link, LinkConfig, Received, Transport};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::{Errno, fcntl_dupfd_cloexec};
@@ -152,23 +153,18 @@ impl FrameReceiver for PipeReceiver {
         if !self.reader.buffer().is_empty() {
             return Ok(true);
         }
-        let until = Instant::now() + spin;
         let now = Timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        loop {
+        watch(spin, || {
             let mut fds = [PollFd::new(self.reader.get_ref(), PollFlags::IN)];
             match poll(&mut fds, Some(&now)) {
-                Ok(0) | Err(Errno::INTR) => {}
-                Ok(_) => return Ok(true),
-                Err(e) => return Err(std::io::Error::from(e).into()),
+                Ok(0) | Err(Errno::INTR) => Ok(false),
+                Ok(_) => Ok(true),
+                Err(e) => Err(std::io::Error::from(e).into()),
             }
-            if Instant::now() >= until {
-                return Ok(false);
-            }
-            std::thread::yield_now();
-        }
+        })
     }
 }
 

@@ -8,7 +8,7 @@ use crate::protocol;
 use crate::registry::TaskEntry;
 
 /// Appends item `index` of a call to `entry` as one length-prefixed argument tuple.
-pub(crate) fn push_argument<A: Serialize + ?Sized>(
+pub(super) fn push_argument<A: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     entry: &TaskEntry,
     index: usize,

@@ -88,6 +88,7 @@ impl Connection {
         let (child, link) = config.transport.spawn(command, config.link)?;
         let pid = child.id();
         *lock(&shared.children[slot]) = Some(child);
+        let ahead_frame = super::driver::ahead_frame(link.sender.capacity());
         let mut conn = Connection {
             link,
             pid,
@@ -95,9 +96,8 @@ impl Connection {
             items_done: 0,
             items_sent: 0,
             header: Vec::with_capacity(128),
-            ahead_frame: 0,
+            ahead_frame,
         };
-        conn.ahead_frame = super::driver::ahead_frame(conn.link.sender.capacity());
         if shared.is_terminating() {
             conn.reap(shared);
             return Err(Error::PoolClosed);
@@ -219,15 +219,10 @@ impl Connection {
             linger: request.direct,
         };
         protocol::encode_header(&msg, &mut self.header)?;
-        match request.items {
-            [items] => self.link.sender.send(&[&self.header, items])?,
-            parts => {
-                let mut all = Vec::with_capacity(parts.len() + 1);
-                all.push(&self.header[..]);
-                all.extend_from_slice(parts);
-                self.link.sender.send(&all)?;
-            }
-        }
+        let mut parts = Vec::with_capacity(request.items.len() + 1);
+        parts.push(&self.header[..]);
+        parts.extend_from_slice(request.items);
+        self.link.sender.send(&parts)?;
         self.items_sent += request.count as usize;
         Ok(id)
     }

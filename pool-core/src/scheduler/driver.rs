@@ -116,7 +116,7 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
                 shared.next()
             } else {
                 match quick.filter(|_| allowance > 0) {
-                    Some(task) => shared.try_next(|b| b.task == task && b.range.len() <= ahead),
+                    Some(task) => shared.try_next(|b| b.task == task && b.payload.len() <= ahead),
                     None => None,
                 }
             };
@@ -143,12 +143,12 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
                 && group_items > 1
                 && quick == Some(task)
                 && !group[0].solo
-                && group[0].range.len() <= bytes
+                && group[0].payload.len() <= bytes
             {
                 let limit = group_items.min(allowance);
                 shared.take_more(&mut group, |b| b.task == task, limit, bytes);
             }
-            let payload: usize = group.iter().map(|b| b.range.len()).sum();
+            let payload: usize = group.iter().map(|b| b.payload.len()).sum();
             if payload > shared.max_chunk() {
                 // Refused before a byte is written (an `imap` chunk over the cap): the
                 // link stays in step and the worker lives; only this batch fails.
@@ -162,7 +162,7 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
                 }
                 continue;
             }
-            let parts: Vec<&[u8]> = group.iter().map(|b| &b.payload[b.range.clone()]).collect();
+            let parts: Vec<&[u8]> = group.iter().map(|b| &b.payload[..]).collect();
             let request = Request {
                 task,
                 first_index: group[0].first_index,
