@@ -21,22 +21,47 @@ struct Decoded<R> {
     values: std::vec::IntoIter<R>,
     /// `(position in the chunk, error)`, by position.
     errors: VecDeque<(usize, Error)>,
-    /// Position of the first error in `errors`; `usize::MAX` if none.
-    next_error: usize,
-    /// Position of the next item.
-    pos: usize,
+    /// Values to hand out before the next error (or the end): the one count the
+    /// consumer's loop looks at per item.
+    clean: usize,
     len: usize,
 }
 
 impl<R> Decoded<R> {
     fn new(values: Vec<R>, errors: VecDeque<(usize, Error)>, len: usize) -> Self {
-        Decoded {
+        let mut chunk = Decoded {
             values: values.into_iter(),
-            next_error: errors.front().map_or(usize::MAX, |(at, _)| *at),
             errors,
-            pos: 0,
+            clean: 0,
             len,
+        };
+        chunk.clean = chunk.clean_run();
+        chunk
+    }
+
+    /// Items handed out so far.
+    fn taken(&self) -> usize {
+        self.len - self.values.len() - self.errors.len()
+    }
+
+    /// Values from here to the next error or the end.
+    fn clean_run(&self) -> usize {
+        match self.errors.front() {
+            Some((at, _)) => at.saturating_sub(self.taken()),
+            None => self.values.len(),
         }
+    }
+
+    /// The item after a run of values: an error, or the end.
+    #[inline(never)]
+    fn next_after_run(&mut self) -> Option<Result<R, Error>> {
+        let taken = self.taken();
+        let item = match self.errors.front() {
+            Some((at, _)) if *at <= taken => self.errors.pop_front().map(|(_, e)| Err(e)),
+            _ => self.values.next().map(Ok),
+        };
+        self.clean = self.clean_run();
+        item
     }
 }
 
@@ -45,20 +70,15 @@ impl<R> Iterator for Decoded<R> {
 
     #[inline]
     fn next(&mut self) -> Option<Result<R, Error>> {
-        if self.pos == self.len {
-            return None;
-        }
-        self.pos += 1;
-        if self.pos - 1 != self.next_error {
+        if self.clean > 0 {
+            self.clean -= 1;
             return self.values.next().map(Ok);
         }
-        let error = self.errors.pop_front().map(|(_, e)| Err(e));
-        self.next_error = self.errors.front().map_or(usize::MAX, |(at, _)| *at);
-        error
+        self.next_after_run()
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.len - self.pos;
+        let left = self.values.len() + self.errors.len();
         (left, Some(left))
     }
 }
@@ -73,16 +93,19 @@ struct Decoder<R> {
 }
 
 impl<R: DeserializeOwned + Send> ReplySink for Decoder<R> {
-    fn deliver(&self, reply: Reply) {
+    fn deliver(&self, reply: Reply) -> Option<usize> {
         let first = reply.first_index;
         let len = reply.count as usize;
         let mut values = Vec::with_capacity(len);
         let mut errors = VecDeque::new();
-        result::decode_reply(self.task, reply, |index, r: Result<R, Error>| match r {
-            Ok(value) => values.push(value),
-            Err(e) => errors.push_back((index - first, e)),
-        });
+        let read = result::decode_reply(
+            self.task,
+            reply,
+            |value| values.push(value),
+            |index, e| errors.push_back((index - first, e)),
+        );
         let _ = self.chunks.send((first, Decoded::new(values, errors, len)));
+        read
     }
 }
 
@@ -123,9 +146,10 @@ pub struct Imap<R> {
     job: Arc<Job>,
     sink: Arc<dyn ReplySink>,
     replies: Receiver<Chunk<R>>,
-    /// Items read from the input / handed to the consumer.
+    /// Items read from the input / handed to the consumer in the chunks before
+    /// `current` (see [`Imap::yielded`]).
     read: usize,
-    yielded: usize,
+    yielded_before: usize,
     in_flight: usize,
     /// Size of the last chunk sent, to size the next one's buffer.
     last_chunk_bytes: usize,
@@ -150,7 +174,7 @@ impl<R> std::fmt::Debug for Imap<R> {
             .field("ordered", &self.ordered)
             .field("chunksize", &self.chunksize)
             .field("read", &self.read)
-            .field("yielded", &self.yielded)
+            .field("yielded", &self.yielded())
             .finish_non_exhaustive()
     }
 }
@@ -179,7 +203,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
             sink: Arc::new(Decoder { task, chunks: tx }),
             replies,
             read: 0,
-            yielded: 0,
+            yielded_before: 0,
             in_flight: 0,
             last_chunk_bytes: 0,
             early: BTreeMap::new(),
@@ -206,7 +230,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
 
     /// Reads and submits chunks while the read-ahead allows.
     fn fill(&mut self) {
-        while self.read - self.yielded + self.chunksize <= self.ahead.max(self.chunksize) {
+        while self.read - self.yielded() + self.chunksize <= self.ahead.max(self.chunksize) {
             let Some(source) = self.source.as_mut() else {
                 return;
             };
@@ -257,16 +281,21 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
         } else {
             self.ready.push_back(items);
         }
-        if let Some(f) = self.on_progress.as_mut() {
-            let waiting: usize = self.current.len()
+        if self.on_progress.is_some() {
+            // Handed out, or here waiting to be.
+            let done = self.yielded_before
+                + self.current.len
                 + self.ready.iter().map(ExactSizeIterator::len).sum::<usize>()
                 + self
                     .early
                     .values()
                     .map(ExactSizeIterator::len)
                     .sum::<usize>();
+            let Some(f) = self.on_progress.as_mut() else {
+                return;
+            };
             f(Progress {
-                done: self.yielded + waiting,
+                done,
                 total: self.total,
                 elapsed: self.started.elapsed(),
             });
@@ -282,14 +311,13 @@ impl<R: DeserializeOwned + Send + 'static> Iterator for Imap<R> {
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(item) = self.current.next() {
-            self.yielded += 1;
             return Some(item);
         }
         self.next_chunk(None)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.total.map(|t| t.saturating_sub(self.yielded));
+        let left = self.total.map(|t| t.saturating_sub(self.yielded()));
         let ready =
             self.current.len() + self.ready.iter().map(ExactSizeIterator::len).sum::<usize>();
         (ready, left)
@@ -303,7 +331,6 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
     /// usable: the awaited item comes with a later call. `None` at the end.
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, Error>> {
         if let Some(item) = self.current.next() {
-            self.yielded += 1;
             return Some(item);
         }
         self.next_chunk(Instant::now().checked_add(timeout).map(|at| (at, timeout)))
@@ -315,11 +342,11 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
     fn next_chunk(&mut self, deadline: Option<(Instant, Duration)>) -> Option<Result<R, Error>> {
         loop {
             if let Some(item) = self.current.next() {
-                self.yielded += 1;
                 return Some(item);
             }
             if let Some(chunk) = self.ready.pop_front() {
                 // A chunk's worth consumed: read ahead again.
+                self.yielded_before += self.current.len;
                 self.current = chunk;
                 self.fill();
                 continue;
@@ -341,7 +368,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
                         Err(RecvTimeoutError::Timeout) => {
                             return Some(Err(Error::Timeout {
                                 task: Some(self.task.to_owned()),
-                                index: self.ordered.then_some(self.yielded),
+                                index: self.ordered.then_some(self.yielded()),
                                 pid: None,
                                 after,
                             }));
@@ -352,6 +379,14 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
             };
             self.receive(chunk);
         }
+    }
+}
+
+impl<R> Imap<R> {
+    /// Items handed to the consumer (counted per chunk, so that the consumer's loop
+    /// touches one count per item).
+    fn yielded(&self) -> usize {
+        self.yielded_before + self.current.taken()
     }
 }
 
@@ -380,5 +415,40 @@ mod tests {
         assert!(matches!(got[2], Ok(30)));
         assert!(matches!(got[3], Err(Error::Protocol(_))));
         assert!(matches!(got[4], Ok(50)));
+    }
+
+    #[test]
+    fn errors_first_last_and_in_a_row_keep_their_places() {
+        // Positions: E V E E V E (errors at 0, 2, 3, 5).
+        let errors = VecDeque::from([
+            (0, Error::PoolClosed),
+            (2, Error::PoolClosed),
+            (3, Error::PoolClosed),
+            (5, Error::PoolClosed),
+        ]);
+        let mut chunk = Decoded::new(vec![1u8, 4], errors, 6);
+        let mut shape = String::new();
+        let mut values = Vec::new();
+        let mut taken = Vec::new();
+        while let Some(item) = chunk.next() {
+            match item {
+                Ok(v) => {
+                    shape.push('V');
+                    values.push(v);
+                }
+                Err(_) => shape.push('E'),
+            }
+            taken.push(chunk.taken());
+        }
+        assert_eq!(shape, "EVEEVE");
+        assert_eq!(values, [1, 4]);
+        assert_eq!(taken, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(chunk.len(), 0);
+
+        let only_values = Decoded::new(vec![7u8, 8], VecDeque::new(), 2);
+        assert_eq!(only_values.map(Result::unwrap).collect::<Vec<_>>(), [7, 8]);
+        let only_errors: Decoded<u8> =
+            Decoded::new(Vec::new(), VecDeque::from([(0, Error::PoolClosed)]), 1);
+        assert_eq!(only_errors.filter(Result::is_err).count(), 1);
     }
 }

@@ -482,9 +482,18 @@ impl Pool {
         if payload.len() <= self.max_chunk()
             && let Some(reply) = self.shared.run_direct(entry.name(), &payload)
         {
-            let mut result = None;
-            decode_reply(entry.name(), reply, |_, r| result = Some(r));
-            return result.unwrap_or_else(|| Err(Error::Protocol("no result for apply".into())));
+            let (mut value, mut error) = (None, None);
+            decode_reply(
+                entry.name(),
+                reply,
+                |v| value = Some(v),
+                |_, e| error = Some(e),
+            );
+            return match (value, error) {
+                (Some(v), None) => Ok(v),
+                (_, Some(e)) => Err(e),
+                (None, None) => Err(Error::Protocol("no result for apply".into())),
+            };
         }
         // No idle worker: queue the arguments already encoded.
         let job = Arc::new(Job::default());

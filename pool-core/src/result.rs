@@ -94,40 +94,58 @@ fn contained(f: impl FnOnce()) {
     let _ = panic::catch_unwind(AssertUnwindSafe(f));
 }
 
-/// Decodes one reply, calling `put(index, result)` for each of its items in order.
-/// A failed batch gives each of its items the batch's error.
+/// Decodes one reply: `ok(value)` for each item that succeeded and `failed(index,
+/// error)` for each that did not, in order. A failed batch gives each of its items
+/// the batch's error. The loop carries only values: an item's `Result` (with its
+/// large `Error`) is never built on the common path.
+///
+/// Returns the bytes of the reply's items read, if all of the batch's items were
+/// there (as [`ReplySink::deliver`](crate::scheduler::ReplySink::deliver)).
 pub(crate) fn decode_reply<R: DeserializeOwned>(
     task: &str,
     reply: Reply,
-    mut put: impl FnMut(usize, Result<R, Error>),
-) {
+    mut ok: impl FnMut(R),
+    mut failed: impl FnMut(usize, Error),
+) -> Option<usize> {
     let first = reply.first_index;
     let count = reply.count as usize;
     let frame = match reply.outcome {
         Ok(frame) => frame,
         Err(e) => {
             for index in first..first + count {
-                put(index, Err(e.duplicate()));
+                failed(index, e.duplicate());
             }
-            return;
+            return None;
         }
     };
     let mut items = Items::new(frame.items());
+    let mut complete = true;
     for index in first..first + count {
-        let result = match items.next_item() {
+        match items.next_item() {
             // The common case first, inlined: a successful item that decodes.
             Ok(Some([STATUS_OK, body @ ..])) => match postcard::from_bytes(body) {
-                Ok(value) => Ok(value),
-                Err(e) => Err(undecodable(task, index, e)),
+                Ok(value) => ok(value),
+                Err(e) => failed(index, undecodable(task, index, e)),
             },
-            Ok(Some(item)) => decode_failure(task, item, index, reply.pid),
-            Ok(None) => Err(Error::protocol(format!(
-                "reply holds fewer than the {count} items announced"
-            ))),
-            Err(e) => Err(e),
-        };
-        put(index, result);
+            Ok(Some(item)) => failed(index, decode_failure(task, item, index, reply.pid)),
+            Ok(None) => {
+                complete = false;
+                failed(index, fewer_items(count));
+            }
+            Err(e) => {
+                complete = false;
+                failed(index, e);
+            }
+        }
     }
+    complete.then(|| frame.items().len() - items.remaining())
+}
+
+#[cold]
+fn fewer_items(count: usize) -> Error {
+    Error::protocol(format!(
+        "reply holds fewer than the {count} items announced"
+    ))
 }
 
 #[cold]
@@ -142,15 +160,14 @@ fn undecodable(task: &str, index: usize, e: postcard::Error) -> Error {
 
 /// The error of a result item that is not a success.
 #[cold]
-fn decode_failure<R>(task: &str, item: &[u8], index: usize, pid: u32) -> Result<R, Error> {
+fn decode_failure(task: &str, item: &[u8], index: usize, pid: u32) -> Error {
     match item.split_first() {
-        Some((&STATUS_FAILED, body)) => {
-            let failure: protocol::ItemFailure = postcard::from_bytes(body)
-                .map_err(|e| Error::protocol(format!("malformed task failure: {e}")))?;
-            Err(failure.into_error(task, index, pid))
-        }
-        Some((other, _)) => Err(Error::protocol(format!("unknown result status {other}"))),
-        None => Err(Error::protocol("empty result item")),
+        Some((&STATUS_FAILED, body)) => match postcard::from_bytes::<protocol::ItemFailure>(body) {
+            Ok(failure) => failure.into_error(task, index, pid),
+            Err(e) => Error::protocol(format!("malformed task failure: {e}")),
+        },
+        Some((other, _)) => Error::protocol(format!("unknown result status {other}")),
+        None => Error::protocol("empty result item"),
     }
 }
 
@@ -344,13 +361,13 @@ impl<T: DeserializeOwned + Send, R: Send> ReplySink for Collector<T, R> {
     /// out of the state meanwhile; a chunk that arrives early is decoded (in parallel)
     /// into a vector of its own and moved in once those before it are in. So the
     /// results are in place, in order, as soon as the last chunk is decoded.
-    fn deliver(&self, reply: Reply) {
+    fn deliver(&self, reply: Reply) -> Option<usize> {
         let first = reply.first_index;
         let count = reply.count as usize;
         let claimed = {
             let mut state = lock(&self.state);
             if state.decided {
-                return;
+                return None;
             }
             let next = state.next;
             match state.values.take_if(|_| first == next) {
@@ -365,16 +382,18 @@ impl<T: DeserializeOwned + Send, R: Send> ReplySink for Collector<T, R> {
         let in_order = claimed.is_some();
         let mut values = claimed.unwrap_or_else(|| Vec::with_capacity(count));
         let mut error = None;
-        decode_reply(self.task, reply, |_, result| match result {
-            Ok(value) => values.push(value),
-            Err(e) => {
+        let read = decode_reply(
+            self.task,
+            reply,
+            |value| values.push(value),
+            |_, e| {
                 error.get_or_insert(e);
-            }
-        });
+            },
+        );
         let settling = {
             let mut state = lock(&self.state);
             if state.decided {
-                return;
+                return read;
             }
             let state = &mut *state;
             if in_order {
@@ -395,6 +414,7 @@ impl<T: DeserializeOwned + Send, R: Send> ReplySink for Collector<T, R> {
         if let Some(settling) = settling {
             self.settle(settling);
         }
+        read
     }
 }
 

@@ -56,8 +56,10 @@ pub(crate) struct Initializer {
 /// Where the outcome of a batch goes.
 pub(crate) trait ReplySink: Send + Sync {
     /// Takes the outcome of one batch. Called exactly once per batch, on a pool
-    /// thread or on the thread that dropped the batch.
-    fn deliver(&self, reply: Reply);
+    /// thread or on the thread that dropped the batch. Returns how many bytes of
+    /// the reply's items it read if it read all of the batch's items, `None` if not
+    /// (see [`ResultFrame::share_out`]).
+    fn deliver(&self, reply: Reply) -> Option<usize>;
 }
 
 /// A cancellation flag shared by the batches of one call.
@@ -106,16 +108,15 @@ impl Batch {
         self.sink = None;
     }
 
-    /// Hands the outcome to the sink.
-    fn complete(mut self, pid: u32, outcome: Result<ResultFrame, Error>) {
-        if let Some(sink) = self.sink.take() {
-            sink.deliver(Reply {
-                first_index: self.first_index,
-                count: self.count,
-                pid,
-                outcome,
-            });
-        }
+    /// Hands the outcome to the sink; what it read, as [`ReplySink::deliver`].
+    fn complete(mut self, pid: u32, outcome: Result<ResultFrame, Error>) -> Option<usize> {
+        let sink = self.sink.take()?;
+        sink.deliver(Reply {
+            first_index: self.first_index,
+            count: self.count,
+            pid,
+            outcome,
+        })
     }
 }
 
@@ -124,7 +125,7 @@ impl Drop for Batch {
     /// abandoned) still answers its caller.
     fn drop(&mut self) {
         if let Some(sink) = self.sink.take() {
-            sink.deliver(Reply {
+            let _ = sink.deliver(Reply {
                 first_index: self.first_index,
                 count: self.count,
                 pid: 0,
@@ -156,39 +157,49 @@ impl ResultFrame {
         self.frame.get(self.range.clone()).unwrap_or_default()
     }
 
-    /// Cuts the items of a frame that answered several batches at once into one
-    /// result per batch, by the batches' item counts.
-    pub(crate) fn split(self, counts: impl IntoIterator<Item = u32>) -> Vec<Result<Self, Error>> {
-        let mut items = crate::protocol::Items::new(self.items());
-        let base = self.range.start;
-        let total = self.range.len();
-        let mut at = 0;
-        let mut parts = Vec::new();
-        for count in counts {
-            let start = at;
-            let mut short = None;
-            for _ in 0..count {
-                match items.next_item() {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        short = Some(Error::protocol("a reply holds fewer items than announced"))
-                    }
-                    Err(e) => short = Some(e),
-                }
-                if short.is_some() {
-                    break;
-                }
+    /// Hands out a frame that answered several batches at once: `deliver` gets each
+    /// batch with its part, the items from where those of the batch before ended,
+    /// and says how many bytes of them it read (`None`: the batch's items are
+    /// skipped here, by its count). So the frame is walked once, by the decoders,
+    /// not once more to cut it. If the items run short, the batches left get the
+    /// error.
+    pub(crate) fn share_out<B>(
+        mut self,
+        batches: impl IntoIterator<Item = B>,
+        count: impl Fn(&B) -> u32,
+        mut deliver: impl FnMut(B, Result<ResultFrame, Error>) -> Option<usize>,
+    ) {
+        let mut short: Option<Error> = None;
+        for batch in batches {
+            if let Some(e) = &short {
+                deliver(batch, Err(e.duplicate()));
+                continue;
             }
-            at = total - items.remaining();
-            parts.push(match short {
-                Some(e) => Err(e),
-                None => Ok(ResultFrame {
-                    frame: Arc::clone(&self.frame),
-                    range: base + start..base + at,
-                }),
-            });
+            let n = count(&batch);
+            let part = ResultFrame {
+                frame: Arc::clone(&self.frame),
+                range: self.range.clone(),
+            };
+            let read = match deliver(batch, Ok(part)) {
+                Some(read) => Ok(read),
+                None => self.skip(n),
+            };
+            match read {
+                Ok(read) => self.range.start = (self.range.start + read).min(self.range.end),
+                Err(e) => short = Some(e),
+            }
         }
-        parts
+    }
+
+    /// Bytes taken by the first `count` items, or why there are not that many.
+    fn skip(&self, count: u32) -> Result<usize, Error> {
+        let mut items = crate::protocol::Items::new(self.items());
+        for _ in 0..count {
+            if items.next_item()?.is_none() {
+                return Err(Error::protocol("a reply holds fewer items than announced"));
+            }
+        }
+        Ok(self.range.len() - items.remaining())
     }
 }
 
@@ -210,6 +221,9 @@ struct State {
     /// Drivers with nothing in flight: queued batches are left to them rather than
     /// sent ahead on a busy worker.
     available: usize,
+    /// Drivers asleep waiting for work: a batch queued while none is needs no
+    /// wake-up call (a system call, even with nobody to wake).
+    waiting: usize,
     /// Why the last driver gave up, for calls made after that.
     fatal: Option<Error>,
 }
@@ -247,6 +261,7 @@ impl Shared {
                 closed: false,
                 running: processes,
                 available: processes,
+                waiting: 0,
                 fatal: None,
             }),
             work: Condvar::new(),
@@ -282,8 +297,11 @@ impl Shared {
         let before = state.queue.len();
         state.queue.extend(batches);
         let added = state.queue.len() - before;
+        let waiting = state.waiting;
         drop(state);
-        if added == 1 {
+        if waiting == 0 {
+            // Every driver is busy, and looks at the queue before it sleeps.
+        } else if added == 1 {
             self.work.notify_one();
         } else {
             self.work.notify_all();
@@ -365,8 +383,11 @@ impl Shared {
             return;
         }
         state.queue.push_front(batch);
+        let waiting = state.waiting;
         drop(state);
-        self.work.notify_one();
+        if waiting > 0 {
+            self.work.notify_one();
+        }
     }
 
     /// The next batch if one is queued now and `wanted` accepts it, without waiting.
@@ -457,10 +478,12 @@ impl Shared {
             if state.closed {
                 return None;
             }
+            state.waiting += 1;
             state = self
                 .work
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
+            state.waiting -= 1;
         }
     }
 
@@ -560,24 +583,66 @@ mod tests {
         out
     }
 
+    /// Shares `frame` out to batches of `counts`; each takes its items and reports
+    /// what it read when `reports` says so (else the frame skips them itself).
+    fn share(
+        frame: ResultFrame,
+        counts: &[u32],
+        reports: bool,
+    ) -> Vec<Result<Vec<Vec<u8>>, Error>> {
+        let mut got = Vec::new();
+        frame.share_out(
+            counts.iter().copied(),
+            |&n| n,
+            |n, part| {
+                let part = match part {
+                    Ok(part) => part,
+                    Err(e) => {
+                        got.push(Err(e));
+                        return None;
+                    }
+                };
+                let mut items = protocol::Items::new(part.items());
+                let mut mine = Vec::new();
+                for _ in 0..n {
+                    match items.next_item() {
+                        Ok(Some(item)) => mine.push(item.to_vec()),
+                        _ => break,
+                    }
+                }
+                let read = part.items().len() - items.remaining();
+                got.push(Ok(mine));
+                reports.then_some(read)
+            },
+        );
+        got
+    }
+
     #[test]
-    fn a_grouped_reply_splits_by_item_counts() {
+    fn a_grouped_reply_is_shared_out_by_item_counts() {
         let big = [7u8; 300]; // a two-byte length
-        let frame = frame_of(&[b"a", &big, b"", b"cd", b"e"]);
-        let parts = frame.split([2, 0, 1, 2]);
-        let parts: Vec<ResultFrame> = parts.into_iter().map(Result::unwrap).collect();
-        assert_eq!(items_of(&parts[0]), [b"a".to_vec(), big.to_vec()]);
-        assert!(items_of(&parts[1]).is_empty());
-        assert_eq!(items_of(&parts[2]), [Vec::<u8>::new()]);
-        assert_eq!(items_of(&parts[3]), [b"cd".to_vec(), b"e".to_vec()]);
+        for reports in [true, false] {
+            let frame = frame_of(&[b"a", &big, b"", b"cd", b"e"]);
+            let parts: Vec<_> = share(frame, &[2, 0, 1, 2], reports)
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(parts[0], [b"a".to_vec(), big.to_vec()]);
+            assert!(parts[1].is_empty());
+            assert_eq!(parts[2], [Vec::<u8>::new()]);
+            assert_eq!(parts[3], [b"cd".to_vec(), b"e".to_vec()]);
+        }
     }
 
     #[test]
     fn a_short_grouped_reply_fails_the_batches_it_cannot_fill() {
-        let parts = frame_of(&[b"a", b"b", b"c"]).split([2, 2, 1]);
+        // The second batch finds one of its two items: it reads it, and the frame
+        // (walking its items itself, as for a sink that did not read them) finds
+        // the reply short; the batch after gets the error.
+        let parts = share(frame_of(&[b"a", b"b", b"c"]), &[2, 2, 1], false);
         assert_eq!(parts.len(), 3);
-        assert!(parts[0].is_ok());
-        assert!(matches!(parts[1], Err(Error::Protocol(_))));
+        assert_eq!(parts[0].as_ref().unwrap(), &[b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(parts[1].as_ref().unwrap(), &[b"c".to_vec()]);
         assert!(matches!(parts[2], Err(Error::Protocol(_))));
     }
 }

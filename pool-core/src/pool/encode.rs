@@ -8,6 +8,10 @@ use crate::protocol;
 use crate::registry::TaskEntry;
 
 /// Appends item `index` of a call to `entry` as one length-prefixed argument tuple.
+///
+/// Inlined: it is the body of every encoding loop (a call per item costs as much as
+/// the encoding of a small item).
+#[inline]
 pub(super) fn push_argument<A: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     entry: &TaskEntry,

@@ -302,12 +302,7 @@ fn complete(mut group: Vec<Batch>, pid: u32, outcome: Result<ResultFrame, Error>
         return;
     }
     match outcome {
-        Ok(frame) => {
-            let parts = frame.split(group.iter().map(|b| b.count));
-            for (batch, part) in group.into_iter().zip(parts) {
-                batch.complete(pid, part);
-            }
-        }
+        Ok(frame) => frame.share_out(group, |b| b.count, |batch, part| batch.complete(pid, part)),
         Err(e) => {
             for batch in group {
                 batch.complete(pid, Err(e.duplicate()));
