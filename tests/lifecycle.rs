@@ -74,3 +74,61 @@ fn terminate_ends_running_work_with_an_error_not_a_hang() {
     assert!(pids.iter().all(|&p| !exists(p)));
     assert!(matches!(pool.map(nap, [1u64]), Err(Error::PoolClosed)));
 }
+
+/// The scheduling policy of a thread or process, from `/proc/<path>/stat`
+/// (0 `SCHED_OTHER`, 3 `SCHED_BATCH`).
+fn policy(path: &str) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{path}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses: state is field 3 and
+    // policy field 41.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn drivers_run_as_batch_threads_and_workers_as_normal_processes() {
+    // Normally scheduled callers get batch drivers; others are left as they are.
+    let caller = policy("thread-self");
+    let driver_policy = if caller == 0 { 3 } else { caller };
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.map(nap, [1u64, 1]).unwrap(), [1, 1]);
+    let drivers: Vec<u32> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|t| t.unwrap().file_name().into_string().unwrap())
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "procpool-driver")
+        })
+        .map(|tid| policy(&format!("self/task/{tid}")))
+        .collect();
+    assert!(drivers.len() >= 2, "driver threads: {drivers:?}");
+    assert!(
+        drivers.iter().all(|&p| p == driver_policy),
+        "driver policies: {drivers:?}"
+    );
+    // Workers, first ones and a replacement alike, are scheduled as the caller is.
+    let first = pool.pids();
+    assert!(first.iter().all(|p| policy(&p.to_string()) == caller));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(first[0] as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    // Work until the killed worker's driver has met the death and replaced it.
+    let mut now = pool.pids();
+    for _ in 0..200 {
+        if !now.contains(&first[0]) {
+            break;
+        }
+        let _ = pool.map(nap, [1u64, 1, 1, 1]);
+        now = pool.pids();
+    }
+    assert!(
+        !now.contains(&first[0]),
+        "the killed worker was replaced: {now:?}"
+    );
+    assert!(
+        now.iter().all(|p| policy(&p.to_string()) == caller),
+        "{now:?}"
+    );
+}

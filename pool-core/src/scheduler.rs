@@ -574,15 +574,6 @@ mod tests {
         ResultFrame::new(frame, 2)
     }
 
-    fn items_of(part: &ResultFrame) -> Vec<Vec<u8>> {
-        let mut items = protocol::Items::new(part.items());
-        let mut out = Vec::new();
-        while let Some(item) = items.next_item().unwrap() {
-            out.push(item.to_vec());
-        }
-        out
-    }
-
     /// Shares `frame` out to batches of `counts`; each takes its items and reports
     /// what it read when `reports` says so (else the frame skips them itself).
     fn share(
