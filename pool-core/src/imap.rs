@@ -41,7 +41,8 @@ impl<R> Decoded<R> {
 
     /// Items handed out so far.
     fn taken(&self) -> usize {
-        self.len - self.values.len() - self.errors.len()
+        self.len
+            .saturating_sub(self.values.len() + self.errors.len())
     }
 
     /// Values from here to the next error or the end.
