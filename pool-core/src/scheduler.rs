@@ -299,12 +299,11 @@ impl Shared {
         let added = state.queue.len() - before;
         let waiting = state.waiting;
         drop(state);
-        if waiting == 0 {
-            // Every driver is busy, and looks at the queue before it sleeps.
-        } else if added == 1 {
-            self.work.notify_one();
-        } else {
-            self.work.notify_all();
+        // With no driver asleep, every driver looks at the queue before it sleeps.
+        match (waiting, added) {
+            (0, _) => {}
+            (_, 1) => self.work.notify_one(),
+            _ => self.work.notify_all(),
         }
         Ok(())
     }
