@@ -130,7 +130,9 @@ impl std::fmt::Debug for BatchRun<'_> {
 ///
 /// Panics are caught around the run of items, not around each item: the items run
 /// in one `catch_unwind` until one panics; that item's output is cut off and
-/// replaced by its failure, and the run goes on with the next item.
+/// replaced by its failure, and the run goes on with the next item. Only the item's
+/// own work (decoding, the call, encoding) runs inside: the `started` hook, when
+/// there is one, is called outside, between runs of one item each.
 #[doc(hidden)]
 pub fn run_batch<Args, F>(task: F, batch: &mut BatchRun<'_>) -> Result<(), Error>
 where
@@ -142,14 +144,20 @@ where
     let mut k = 0;
     let mut mark = batch.out.len();
     while k < count {
+        if k > 0
+            && let Some(started) = batch.started.as_mut()
+        {
+            started(k)?;
+        }
+        // With a `started` hook, one item per run, so that the hook is called between.
+        let end = if batch.started.is_some() {
+            k + 1
+        } else {
+            count
+        };
         IN_TASK.with(|flag| flag.set(true));
         let run = panic::catch_unwind(AssertUnwindSafe(|| -> Result<(), Error> {
-            while k < count {
-                if k > 0
-                    && let Some(started) = batch.started.as_mut()
-                {
-                    started(k)?;
-                }
+            while k < end {
                 let input = batch.items.next_item()?.ok_or_else(|| {
                     Error::protocol(format!("batch announced {count} items but holds fewer"))
                 })?;
@@ -170,7 +178,8 @@ where
         match run {
             Ok(done) => done?,
             Err(payload) => {
-                // Item `k` panicked: its input was read, its result item is replaced.
+                // Item `k` panicked after its input was read (nothing before that
+                // can panic) and `mark` was set: its result item is replaced.
                 batch.out.truncate(mark);
                 let failure = panic_failure(payload);
                 protocol::push_item::<Error>(batch.out, |out| push_failure(out, &failure))?;
@@ -307,6 +316,53 @@ mod tests {
                 Err(other) => panic!("item {k}: {other:?}"),
             }
         }
+    }
+
+    fn ident(n: u32) -> u32 {
+        n
+    }
+
+    #[test]
+    fn a_panicking_started_hook_is_not_taken_for_an_item() {
+        let inputs: Vec<Vec<u8>> = [10u32, 11, 12]
+            .iter()
+            .map(|n| postcard::to_stdvec(&(*n,)).unwrap())
+            .collect();
+        let mut payload = Vec::new();
+        for input in &inputs {
+            protocol::push_item::<()>(&mut payload, |b| {
+                b.extend_from_slice(input);
+                Ok(())
+            })
+            .unwrap();
+        }
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        let mut hook = |k: u32| -> Result<(), Error> {
+            seen.push(k);
+            assert!(k != 2, "hook broke at {k}");
+            Ok(())
+        };
+        let escaped = panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut batch = BatchRun {
+                items: Items::new(&payload),
+                count: 3,
+                out: &mut out,
+                started: Some(&mut hook),
+            };
+            run_batch(ident, &mut batch)
+        }));
+        // The hook's panic is not an item's: it leaves run_batch (the worker dies
+        // and the pool reports it), and the items done before it keep their results.
+        assert!(escaped.is_err());
+        assert_eq!(seen, [1, 2]);
+        let mut items = Items::new(&out);
+        let mut done = Vec::new();
+        while let Some(item) = items.next_item().unwrap() {
+            assert_eq!(item[0], STATUS_OK);
+            done.push(postcard::from_bytes::<u32>(&item[1..]).unwrap());
+        }
+        assert_eq!(done, [10, 11]);
     }
 
     #[test]
