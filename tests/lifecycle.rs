@@ -132,3 +132,37 @@ fn drivers_run_as_batch_threads_and_workers_as_normal_processes() {
         "{now:?}"
     );
 }
+
+#[test]
+fn a_pool_built_in_a_callback_schedules_its_workers_as_the_first_caller() {
+    let caller = policy("thread-self");
+    let driver_policy = if caller == 0 { 3 } else { caller };
+    let pool = Pool::new(1).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let call = pool
+        .apply_async_with(
+            nap,
+            (1u64,),
+            procpool::Callbacks::new().on_success(move |_| {
+                // On a driver thread: build a pool there and look at its workers.
+                let here = policy("thread-self");
+                let inner = Pool::new(1).unwrap();
+                let workers: Vec<u32> = inner
+                    .pids()
+                    .iter()
+                    .map(|p| policy(&p.to_string()))
+                    .collect();
+                let _ = tx.send((here, workers, inner.apply(nap, (1u64,)).unwrap()));
+            }),
+        )
+        .unwrap();
+    assert_eq!(call.get().unwrap(), 1);
+    let (here, workers, answer) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(here, driver_policy, "callbacks run on a driver thread");
+    assert_eq!(
+        workers,
+        [caller],
+        "the inner pool's worker is scheduled as the caller"
+    );
+    assert_eq!(answer, 1);
+}

@@ -244,6 +244,7 @@ impl PoolBuilder {
             initializer,
             task_timeout: self.task_timeout,
             retry_lost_tasks: self.retry_lost_tasks,
+            batch_drivers: crate::sys::caller_scheduled_normally(),
             memory_limit: self.memory_limit,
             secret: runtime::random_secret()?,
         }));

@@ -37,6 +37,11 @@ type ProgressFn = Box<dyn FnMut(Progress) + Send>;
 /// results of the same pool. A callback that panics is contained: the pool goes on.
 /// The callback that does not run is dropped when the call completes, releasing what
 /// it captured.
+///
+/// Those threads are scheduled as `SCHED_BATCH` when the pool was built by a normally
+/// scheduled thread (their wake-ups do not preempt others; same CPU share), and a
+/// thread or process started from a callback inherits that policy. A pool built in a
+/// callback schedules its own workers normally.
 pub struct Callbacks<R> {
     on_success: Option<SuccessFn<R>>,
     on_error: Option<ErrorFn>,

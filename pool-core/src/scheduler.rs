@@ -39,6 +39,9 @@ pub(crate) struct Config {
     pub(crate) task_timeout: Option<Duration>,
     /// Times a batch lost with a dead worker is run again.
     pub(crate) retry_lost_tasks: u32,
+    /// The pool was built by a normally scheduled thread: its drivers run as
+    /// `SCHED_BATCH` and its workers normally (see `sys::schedule_as_batch`).
+    pub(crate) batch_drivers: bool,
     /// `RLIMIT_AS` of each worker, in bytes.
     pub(crate) memory_limit: Option<u64>,
     /// Echoed by every worker in its handshake.

@@ -19,9 +19,9 @@ use rustix::process::{
 pub(crate) fn prepare_worker(command: &mut Command, parent: Pid, memory_limit: Option<u64>) {
     // A worker started by a driver thread is scheduled as the pool's creator was,
     // not as the driver is (see `schedule_as_batch`).
-    let normal = BATCH_THREAD.with(Cell::get);
+    let restore_other = BATCH_THREAD.with(Cell::get);
     let hook = move || -> io::Result<()> {
-        if normal {
+        if restore_other {
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: sched_setscheduler on the calling process with a valid param
             // (priority 0 is the only one SCHED_OTHER takes); a raw system call,
@@ -53,22 +53,29 @@ pub(crate) fn prepare_worker(command: &mut Command, parent: Pid, memory_limit: O
 }
 
 thread_local! {
-    /// This thread was switched from `SCHED_OTHER` to `SCHED_BATCH`.
+    /// This thread is a driver switched to `SCHED_BATCH` for a caller scheduled as
+    /// `SCHED_OTHER`.
     static BATCH_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Schedules the calling thread (a driver) as `SCHED_BATCH` if it is scheduled
-/// normally (`SCHED_OTHER`): same share of CPU and nice value, but its wake-ups do
+/// Whether the calling thread, building a pool, is scheduled normally
+/// (`SCHED_OTHER`), or is a driver of another pool switched from that (a pool built
+/// in a callback).
+pub(crate) fn caller_scheduled_normally() -> bool {
+    // SAFETY: sched_getscheduler(0) reads the calling thread's policy; no pointers.
+    BATCH_THREAD.with(Cell::get) || unsafe { libc::sched_getscheduler(0) } == libc::SCHED_OTHER
+}
+
+/// Schedules the calling thread, a driver of a pool built by a normally scheduled
+/// thread, as `SCHED_BATCH`: same share of CPU and nice value, but its wake-ups do
 /// not preempt a running thread. A driver wakes for every reply and every batch;
 /// on a busy machine, preempting the worker or the caller's thread for each wake-up
 /// costs more than it gains (on two cores: half the context switches, +10% `imap`
 /// throughput). Workers it starts get `SCHED_OTHER` back (see `prepare_worker`).
-/// Best effort: a thread left as it was is only slower.
+/// Callbacks run on drivers, so threads and processes they start inherit
+/// `SCHED_BATCH` (documented on `Callbacks`). Best effort: a thread left as it was
+/// is only slower.
 pub(crate) fn schedule_as_batch() {
-    // SAFETY: sched_getscheduler(0) reads the calling thread's policy; no pointers.
-    if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
-        return;
-    }
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler on the calling thread (0) with a valid, live param
     // (priority 0 is the only one SCHED_BATCH takes).

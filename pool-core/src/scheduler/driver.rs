@@ -48,7 +48,9 @@ const GROUP_MAX_ITEMS: usize = 4096;
 /// The body of driver thread `slot`. Reports the first worker's start-up through
 /// `started`, then serves the queue until the pool closes.
 pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32, Error>>) {
-    crate::sys::schedule_as_batch();
+    if shared.config.batch_drivers {
+        crate::sys::schedule_as_batch();
+    }
     match Connection::start(&shared, slot) {
         Ok(conn) => {
             let _ = started.send(Ok(conn.pid));
