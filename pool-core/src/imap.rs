@@ -24,16 +24,17 @@ struct Decoded<R> {
     /// Values to hand out before the next error (or the end): the one count the
     /// consumer's loop looks at per item.
     clean: usize,
-    len: usize,
+    /// Items in the chunk (what is left is `len()`).
+    total: usize,
 }
 
 impl<R> Decoded<R> {
-    fn new(values: Vec<R>, errors: VecDeque<(usize, Error)>, len: usize) -> Self {
+    fn new(values: Vec<R>, errors: VecDeque<(usize, Error)>, total: usize) -> Self {
         let mut chunk = Decoded {
             values: values.into_iter(),
             errors,
             clean: 0,
-            len,
+            total,
         };
         chunk.clean = chunk.clean_run();
         chunk
@@ -41,7 +42,7 @@ impl<R> Decoded<R> {
 
     /// Items handed out so far.
     fn taken(&self) -> usize {
-        self.len
+        self.total
             .saturating_sub(self.values.len() + self.errors.len())
     }
 
@@ -285,7 +286,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
         if self.on_progress.is_some() {
             // Handed out, or here waiting to be.
             let done = self.yielded_before
-                + self.current.len
+                + self.current.total
                 + self.ready.iter().map(ExactSizeIterator::len).sum::<usize>()
                 + self
                     .early
@@ -347,7 +348,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
             }
             if let Some(chunk) = self.ready.pop_front() {
                 // A chunk's worth consumed: read ahead again.
-                self.yielded_before += self.current.len;
+                self.yielded_before += self.current.total;
                 self.current = chunk;
                 self.fill();
                 continue;
