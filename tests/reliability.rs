@@ -424,3 +424,72 @@ fn endless_timeouts_mean_no_deadline() {
     assert!(handle.wait_timeout(Duration::MAX));
     assert_eq!(handle.get_timeout(Duration::MAX).unwrap(), 16);
 }
+
+/// A value whose `Serialize` panics when it is 13 and whose `Deserialize` panics
+/// when it reads 14 (serde impls are user code: they may panic like a task).
+#[derive(Debug)]
+struct Touchy(u8);
+
+impl Serialize for Touchy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        assert!(self.0 != 13, "cannot write 13");
+        s.serialize_u8(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Touchy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u8::deserialize(d)?;
+        assert!(v != 14, "cannot read 14");
+        Ok(Touchy(v))
+    }
+}
+
+#[pool_task]
+fn touchy(n: u8) -> Touchy {
+    Touchy(n)
+}
+
+#[pool_task]
+fn touchy_arg(t: Touchy) -> u8 {
+    t.0
+}
+
+#[test]
+fn a_panic_in_serde_code_in_the_worker_fails_that_item_only() {
+    let pool = Pool::new(1).unwrap();
+    // One chunk: the result of 13 panics while it is written in the worker.
+    let got = pool.map_chunked(touchy, [12u8, 13, 15], 3);
+    let err = got.unwrap_err();
+    assert!(
+        matches!(&err, Error::TaskPanicked { index: 1, message, .. } if message.contains("cannot write 13")),
+        "{err:?}"
+    );
+    let each: Vec<Result<u8, Error>> = pool
+        .imap_chunked(touchy, [12u8, 13, 15], 3)
+        .unwrap()
+        .map(|r| r.map(|t| t.0))
+        .collect();
+    assert!(matches!(each[0], Ok(12)), "{:?}", each[0]);
+    assert!(
+        matches!(each[1], Err(Error::TaskPanicked { index: 1, .. })),
+        "{:?}",
+        each[1]
+    );
+    assert!(matches!(each[2], Ok(15)), "{:?}", each[2]);
+    // The argument 14 panics while it is read in the worker.
+    let each: Vec<Result<u8, Error>> = pool
+        .imap_chunked(touchy_arg, [Touchy(1), Touchy(14), Touchy(3)], 3)
+        .unwrap()
+        .collect();
+    assert!(matches!(each[0], Ok(1)), "{:?}", each[0]);
+    assert!(
+        matches!(&each[1], Err(Error::TaskPanicked { index: 1, message, .. }) if message.contains("cannot read 14")),
+        "{:?}",
+        each[1]
+    );
+    assert!(matches!(each[2], Ok(3)), "{:?}", each[2]);
+    // The same worker goes on.
+    assert_eq!(pool.pids().len(), 1);
+    assert_eq!(pool.apply(touchy_arg, (Touchy(5),)).unwrap(), 5);
+}
