@@ -85,11 +85,16 @@ fn policy(path: &str) -> u32 {
     after.split(' ').nth(41 - 3).unwrap().parse().unwrap()
 }
 
+/// The test thread's policy, and the one its pools' drivers should have: normally
+/// scheduled callers get batch drivers; others are left as they are.
+fn policies() -> (u32, u32) {
+    let caller = policy("thread-self");
+    (caller, if caller == 0 { 3 } else { caller })
+}
+
 #[test]
 fn drivers_run_as_batch_threads_and_workers_as_normal_processes() {
-    // Normally scheduled callers get batch drivers; others are left as they are.
-    let caller = policy("thread-self");
-    let driver_policy = if caller == 0 { 3 } else { caller };
+    let (caller, driver_policy) = policies();
     let pool = Pool::new(2).unwrap();
     assert_eq!(pool.map(nap, [1u64, 1]).unwrap(), [1, 1]);
     let drivers: Vec<u32> = std::fs::read_dir("/proc/self/task")
@@ -135,8 +140,7 @@ fn drivers_run_as_batch_threads_and_workers_as_normal_processes() {
 
 #[test]
 fn a_pool_built_in_a_callback_schedules_its_workers_as_the_first_caller() {
-    let caller = policy("thread-self");
-    let driver_policy = if caller == 0 { 3 } else { caller };
+    let (caller, driver_policy) = policies();
     let pool = Pool::new(1).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let call = pool

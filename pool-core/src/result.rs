@@ -146,8 +146,9 @@ pub(crate) fn decode_reply<R: DeserializeOwned>(
     complete.then(|| frame.items().len() - items.remaining())
 }
 
+/// The error of a reply that holds fewer than the `count` items announced.
 #[cold]
-fn fewer_items(count: usize) -> Error {
+pub(crate) fn fewer_items(count: usize) -> Error {
     Error::protocol(format!(
         "reply holds fewer than the {count} items announced"
     ))

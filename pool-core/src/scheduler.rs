@@ -199,7 +199,7 @@ impl ResultFrame {
         let mut items = crate::protocol::Items::new(self.items());
         for _ in 0..count {
             if items.next_item()?.is_none() {
-                return Err(Error::protocol("a reply holds fewer items than announced"));
+                return Err(crate::result::fewer_items(count as usize));
             }
         }
         Ok(self.range.len() - items.remaining())
