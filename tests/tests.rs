@@ -9,3 +9,4 @@ mod macros;
 mod protocol;
 mod python_api;
 mod reliability;
+mod robustness;

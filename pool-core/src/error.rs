@@ -43,11 +43,10 @@ impl From<std::process::ExitStatus> for WorkerExit {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The function was not marked `#[pool_task]`, or is a closure.
-    #[error(
-        "function `{name}` is not registered as a pool task: mark it #[pool_task] \
-         (closures and methods cannot be sent to a worker process)"
-    )]
+    /// The function was not marked `#[pool_task]`, or is a closure, or is a
+    /// function pointer (`let f: fn(u64) -> u64 = square;`), which names no function
+    /// a worker could look up: pass the function item (`square`) itself.
+    #[error("{}", not_registered(.name))]
     NotRegistered {
         /// The Rust type name of the function or closure that was passed.
         name: String,
@@ -144,6 +143,33 @@ pub enum Error {
     /// An operating-system error.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The message of [`Error::NotRegistered`] for the type name `name`.
+fn not_registered(name: &str) -> String {
+    if is_fn_pointer(name) {
+        format!(
+            "a function pointer (`{name}`) cannot be sent to a worker process: pass the \
+             #[pool_task] function itself (`pool.map(square, ..)`, not a `fn` pointer \
+             variable), or match on your choice and call the pool with each function"
+        )
+    } else {
+        format!(
+            "function `{name}` is not registered as a pool task: mark it #[pool_task] \
+             (closures and methods cannot be sent to a worker process)"
+        )
+    }
+}
+
+/// Whether a type name is a function pointer's (`fn(u64) -> u64`, `unsafe fn()`,
+/// `extern "C" fn(..)`), not a function item's (`my_crate::square`).
+fn is_fn_pointer(name: &str) -> bool {
+    let rest = name.strip_prefix("unsafe ").unwrap_or(name);
+    let rest = match rest.strip_prefix("extern \"") {
+        Some(abi) => abi.split_once("\" ").map_or(rest, |(_, after)| after),
+        None => rest,
+    };
+    rest.starts_with("fn(") || rest.starts_with("for<")
 }
 
 fn fmt_location(location: &Option<String>) -> String {
@@ -266,6 +292,24 @@ mod tests {
             d.to_string(),
             "worker 42 killed by signal 9 while running task `demo::square` on item 3"
         );
+    }
+
+    #[test]
+    fn a_function_pointer_is_told_apart_from_an_unmarked_function() {
+        let pointer = Error::NotRegistered {
+            name: std::any::type_name::<fn(u64) -> u64>().into(),
+        };
+        assert!(
+            pointer.to_string().contains("function pointer"),
+            "{pointer}"
+        );
+        let unmarked = Error::NotRegistered {
+            name: "my_crate::square".into(),
+        };
+        assert!(unmarked.to_string().contains("mark it #[pool_task]"));
+        assert!(is_fn_pointer("unsafe extern \"C\" fn(i32)"));
+        assert!(is_fn_pointer("for<'a> fn(&'a u8)"));
+        assert!(!is_fn_pointer("demo::fn_helper"));
     }
 
     #[test]

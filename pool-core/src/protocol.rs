@@ -80,8 +80,9 @@ pub enum FromWorker<'a> {
     },
 }
 
-/// The worker's handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The worker's handshake. Its `Debug` leaves the secret out, so that no error
+/// message or log line shows it.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// Always [`MAGIC`].
     pub magic: [u8; 4],
@@ -93,6 +94,17 @@ pub struct Hello {
     pub pid: u32,
     /// The pool's per-pool secret, as the worker was given it.
     pub secret: u128,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("magic", &self.magic)
+            .field("protocol", &self.protocol)
+            .field("build_id", &self.build_id)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why one item failed inside the worker.
@@ -328,6 +340,22 @@ impl<'a> Items<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_handshake_never_shows_its_secret() {
+        let hello = Hello {
+            magic: MAGIC,
+            protocol: PROTOCOL_VERSION,
+            build_id: 7,
+            pid: 42,
+            secret: 0x5ec2_e7ab_cdef_0123_4567_89ab_cdef_0123,
+        };
+        let shown = format!("{:?} {:?}", hello, FromWorker::Hello(hello));
+        assert!(shown.contains("pid: 42"), "{shown}");
+        for secret in [format!("{}", hello.secret), format!("{:x}", hello.secret)] {
+            assert!(!shown.contains(&secret), "{shown}");
+        }
+    }
 
     #[test]
     fn header_round_trip() {

@@ -7,6 +7,13 @@
 //!
 //! The parent finds a task by the `TypeId` of the function item it was handed; the
 //! worker finds it by the registered name that travels on the wire.
+//!
+//! Names are unique. Two tasks can share a path — a `#[pool_task] fn helper` inside
+//! two test functions of one module, or two versions of one crate linked together —
+//! and then the second and later ones, in the order of the slice, are told apart by a
+//! suffix: `tests::helper`, `tests::helper#2`. Parent and worker are the same
+//! executable, so the linker laid the slice out alike in both and each name means
+//! the same function on both sides.
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -34,9 +41,20 @@ impl TaskEntry {
         TaskEntry { name, type_id, run }
     }
 
-    /// The registered name, `module::path::function`.
+    /// The registered name, `module::path::function` (with a suffix `#2`, `#3`, ...
+    /// when several tasks share that path: see the module docs).
     pub fn name(&self) -> &'static str {
-        self.name
+        self.position()
+            .and_then(|at| index().names.get(at).copied())
+            .unwrap_or(self.name)
+    }
+
+    /// Where this entry sits in [`TASKS`]; `None` for an entry that is not in it.
+    fn position(&self) -> Option<usize> {
+        let base = TASKS.as_ptr() as usize;
+        let offset = (self as *const TaskEntry as usize).checked_sub(base)?;
+        let at = offset / std::mem::size_of::<TaskEntry>().max(1);
+        (at < TASKS.len()).then_some(at)
     }
 
     pub(crate) fn run(&self, batch: &mut BatchRun<'_>) -> Result<(), Error> {
@@ -65,8 +83,9 @@ pub fn type_id_of_val<T: 'static>(_: &T) -> TypeId {
 
 struct Index {
     by_type: HashMap<TypeId, &'static TaskEntry>,
-    /// `None` marks a name registered twice (two versions of one crate).
-    by_name: HashMap<&'static str, Option<&'static TaskEntry>>,
+    by_name: HashMap<&'static str, &'static TaskEntry>,
+    /// The unique name of each entry of [`TASKS`], by position.
+    names: Vec<&'static str>,
     build_id: u64,
 }
 
@@ -75,27 +94,53 @@ fn index() -> &'static Index {
     INDEX.get_or_init(|| {
         let mut by_type = HashMap::with_capacity(TASKS.len());
         let mut by_name = HashMap::with_capacity(TASKS.len());
+        let mut seen: HashMap<&'static str, usize> = HashMap::with_capacity(TASKS.len());
+        let mut names = Vec::with_capacity(TASKS.len());
         for entry in TASKS.iter() {
             by_type.insert((entry.type_id)(), entry);
-            by_name
-                .entry(entry.name)
-                .and_modify(|slot| *slot = None)
-                .or_insert(Some(entry));
+            let name = unique_name(entry.name, &mut seen, |n| by_name.contains_key(n));
+            by_name.insert(name, entry);
+            names.push(name);
         }
-        let mut names: Vec<&str> = TASKS.iter().map(|e| e.name).collect();
-        names.sort_unstable();
+        let mut sorted: Vec<&str> = TASKS.iter().map(|e| e.name).collect();
+        sorted.sort_unstable();
         let mut id = Fnv::new();
         id.write(env!("CARGO_PKG_VERSION").as_bytes());
-        for name in names {
+        for name in sorted {
             id.write(name.as_bytes());
             id.write(&[0]);
         }
         Index {
             by_type,
             by_name,
+            names,
             build_id: id.0,
         }
     })
+}
+
+/// `name` the first time it is met, `name#2`, `name#3`, ... after that (skipping any
+/// that `taken` says is in use). The few names made are leaked once, with the index.
+fn unique_name(
+    name: &'static str,
+    seen: &mut HashMap<&'static str, usize>,
+    taken: impl Fn(&str) -> bool,
+) -> &'static str {
+    let count = seen.entry(name).or_insert(0);
+    *count += 1;
+    if *count == 1 {
+        if !taken(name) {
+            return name;
+        }
+        *count = 2;
+    }
+    loop {
+        let candidate = format!("{name}#{count}");
+        if !taken(&candidate) {
+            return Box::leak(candidate.into_boxed_str());
+        }
+        *count += 1;
+    }
 }
 
 /// The entry of the function item type `F`, if it was registered.
@@ -103,9 +148,9 @@ pub(crate) fn by_type<F: 'static>() -> Option<&'static TaskEntry> {
     index().by_type.get(&TypeId::of::<F>()).copied()
 }
 
-/// The entry registered under `name`; `None` if unknown or ambiguous.
+/// The entry registered under the unique `name`; `None` if unknown.
 pub(crate) fn by_name(name: &str) -> Option<&'static TaskEntry> {
-    index().by_name.get(name).copied().flatten()
+    index().by_name.get(name).copied()
 }
 
 /// A fingerprint of this program's registry, exchanged in the handshake: parent and
@@ -122,7 +167,7 @@ pub fn task_name<F: 'static>(task: &F) -> Option<&'static str> {
 
 /// The names of every task registered in this program, sorted.
 pub fn task_names() -> Vec<&'static str> {
-    let mut names: Vec<_> = TASKS.iter().map(TaskEntry::name).collect();
+    let mut names = index().names.clone();
     names.sort_unstable();
     names
 }
@@ -184,6 +229,32 @@ mod tests {
         let closure = |n: u32| n;
         assert_eq!(task_name(&closure), None);
         assert!(by_name("nope::nothing").is_none());
+    }
+
+    #[test]
+    fn names_shared_by_several_tasks_get_suffixes() {
+        let mut seen = HashMap::new();
+        let mut made: Vec<&'static str> = Vec::new();
+        for name in [
+            "m::helper",
+            "m::other",
+            "m::helper",
+            "m::helper#2",
+            "m::helper",
+        ] {
+            let unique = unique_name(name, &mut seen, |n| made.contains(&n));
+            made.push(unique);
+        }
+        assert_eq!(
+            made,
+            [
+                "m::helper",
+                "m::other",
+                "m::helper#2",
+                "m::helper#2#2",
+                "m::helper#3"
+            ]
+        );
     }
 
     #[test]

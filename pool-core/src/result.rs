@@ -217,6 +217,8 @@ struct CollectState<T, R> {
     decided: bool,
     /// Set once the callbacks have run: the result is ready.
     outcome: Option<Result<R, Error>>,
+    /// Whether the outcome was `Ok`, kept after it is taken (for `successful`).
+    succeeded: Option<bool>,
     taken: bool,
     on_success: Option<SuccessFn<R>>,
     on_error: Option<ErrorFn>,
@@ -251,6 +253,7 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
                 remaining: total,
                 decided: false,
                 outcome: None,
+                succeeded: None,
                 taken: false,
                 on_success: callbacks.on_success,
                 on_error: callbacks.on_error,
@@ -316,7 +319,10 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
         if let Ok(mut hook) = self.on_progress.try_lock() {
             hook.f = None;
         }
-        lock(&self.state).outcome = Some(outcome);
+        let mut state = lock(&self.state);
+        state.succeeded = Some(outcome.is_ok());
+        state.outcome = Some(outcome);
+        drop(state);
         self.ready.notify_all();
     }
 
@@ -430,7 +436,8 @@ trait Outcome<R>: Send + Sync {
     fn wait_until(&self, deadline: Option<Instant>) -> bool;
     /// Takes the outcome; `None` if not set or taken already.
     fn take(&self) -> Option<Result<R, Error>>;
-    /// `Some(true)` if set and `Ok`, `Some(false)` if set and `Err`, `None` if not set.
+    /// `Some(true)` if set and `Ok`, `Some(false)` if set and `Err` (also once taken),
+    /// `None` if not set.
     fn succeeded(&self) -> Option<bool>;
 }
 
@@ -471,8 +478,7 @@ impl<T: DeserializeOwned + Send, R: Send> Outcome<R> for Collector<T, R> {
     }
 
     fn succeeded(&self) -> Option<bool> {
-        let state = lock(&self.state);
-        state.outcome.as_ref().map(Result::is_ok)
+        lock(&self.state).succeeded
     }
 }
 
@@ -513,7 +519,8 @@ impl<R> AsyncResult<R> {
     }
 
     /// `Some(true)` if the call finished successfully, `Some(false)` if it failed,
-    /// `None` while it runs (Python raises `ValueError` there).
+    /// `None` while it runs (Python raises `ValueError` there). The answer stays after
+    /// [`get_timeout`](Self::get_timeout) has returned the result.
     pub fn successful(&self) -> Option<bool> {
         self.outcome.succeeded()
     }

@@ -18,14 +18,24 @@ static TRANSPORTS: OnceLock<&'static [&'static dyn Transport]> = OnceLock::new()
 static SERVING: AtomicBool = AtomicBool::new(false);
 
 /// What the pool tells a worker through [`MARKER_ENV`]:
-/// `1:<transport>:<parent pid>:<max frame>:<secret>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `1:<transport>:<parent pid>:<max frame>:<secret>`. Its `Debug` leaves the secret out.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Marker {
     pub(crate) transport: String,
     pub(crate) parent: u32,
     pub(crate) max_frame: usize,
     /// The pool's random secret, echoed in the handshake.
     pub(crate) secret: u128,
+}
+
+impl std::fmt::Debug for Marker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Marker")
+            .field("transport", &self.transport)
+            .field("parent", &self.parent)
+            .field("max_frame", &self.max_frame)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Marker {
@@ -71,6 +81,11 @@ impl Marker {
 /// exits the process: it never returns. Elsewhere it records the transports and
 /// returns at once. Call it first thing in `main` (the facade's `procpool::init()`).
 pub fn init(transports: &'static [&'static dyn Transport]) {
+    if is_worker() {
+        // Called again inside a task: this process already serves, and its link is
+        // taken. A no-op, as a second call in the parent is.
+        return;
+    }
     let _ = TRANSPORTS.set(transports);
     let Some(marker) = Marker::for_this_process() else {
         return;
@@ -156,11 +171,16 @@ mod tests {
             max_frame: 1024,
             secret: 0xfeed_beef,
         };
-        assert_eq!(Marker::parse(&m.encode()), Some(m));
+        assert_eq!(Marker::parse(&m.encode()), Some(m.clone()));
         assert_eq!(Marker::parse("2:pipe:1:1:0"), None);
         assert_eq!(Marker::parse("1:pipe:x:1:0"), None);
         assert_eq!(Marker::parse("1:pipe:1:1"), None, "no secret");
         assert_eq!(Marker::parse("1:pipe:1:1:zz"), None);
         assert_eq!(Marker::parse("1:pipe:1:1:0:extra"), None);
+        let shown = format!("{m:?}");
+        assert!(
+            !shown.contains("feedbeef") && !shown.contains("4276993775"),
+            "{shown}"
+        );
     }
 }

@@ -28,8 +28,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What a pool is configured with.
-#[derive(Debug, Clone)]
+/// What a pool is configured with. Its `Debug` leaves the secret out.
+#[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) processes: usize,
     pub(crate) transport: &'static dyn Transport,
@@ -46,6 +46,16 @@ pub(crate) struct Config {
     pub(crate) memory_limit: Option<u64>,
     /// Echoed by every worker in its handshake.
     pub(crate) secret: u128,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("processes", &self.processes)
+            .field("transport", &self.transport.name())
+            .field("link", &self.link)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A task run once in every new worker, with its encoded arguments.

@@ -17,11 +17,18 @@ const LINGER: Duration = Duration::from_micros(50);
 ///
 /// `procpool::init()` builds one from the transport's link and calls
 /// [`Worker::serve`]; users do not normally touch it.
-#[derive(Debug)]
 pub struct Worker {
     link: Link,
     pid: u32,
     secret: u128,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Worker {

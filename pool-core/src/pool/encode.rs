@@ -41,16 +41,15 @@ pub(crate) fn chunk_too_large(
     ))
 }
 
+/// Checks a caller's chunk size: zero is refused; one larger than a frame can count
+/// (`u32::MAX` items) is taken as `u32::MAX`, which for any real input means "one
+/// chunk" (the API takes a `usize`, so `usize::MAX` must mean "as large as you like").
 pub(super) fn check_chunksize(chunksize: Option<usize>) -> Result<Option<usize>, Error> {
     match chunksize {
         Some(0) => Err(Error::InvalidArgument(
             "chunksize must be at least 1, got 0".into(),
         )),
-        Some(c) if c > u32::MAX as usize => Err(Error::InvalidArgument(format!(
-            "chunksize must be at most {}, got {c}",
-            u32::MAX
-        ))),
-        other => Ok(other),
+        other => Ok(other.map(|c| c.min(u32::MAX as usize))),
     }
 }
 
@@ -69,5 +68,18 @@ mod tests {
         assert_eq!(default_chunksize(1_000_000, 2), 125_000);
         assert_eq!(default_chunksize(17, 1), 5);
         assert_eq!(default_chunksize(0, 3), 1);
+    }
+
+    #[test]
+    fn a_chunksize_past_a_frames_count_means_one_chunk() {
+        assert!(matches!(
+            check_chunksize(Some(0)),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(check_chunksize(None).unwrap(), None);
+        assert_eq!(check_chunksize(Some(20)).unwrap(), Some(20));
+        let max = Some(u32::MAX as usize);
+        assert_eq!(check_chunksize(Some(usize::MAX)).unwrap(), max);
+        assert_eq!(check_chunksize(Some(u32::MAX as usize + 1)).unwrap(), max);
     }
 }

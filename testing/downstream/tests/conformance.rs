@@ -72,6 +72,13 @@ fn my_pid() -> u32 {
     std::process::id()
 }
 
+/// Calls `procpool::init()` again, inside a task.
+#[pool_task]
+fn init_again(n: u64) -> u64 {
+    procpool::init();
+    n + 1
+}
+
 fn plain(n: u64) -> u64 {
     n
 }
@@ -337,6 +344,18 @@ fn many_threads_one_pool(s: Setup) {
     assert_eq!(distinct.len(), 2);
 }
 
+fn init_inside_a_task_is_a_no_op(s: Setup) {
+    let pool = s.pool(1);
+    let pid = pool.apply(my_pid, ()).unwrap();
+    assert_eq!(pool.apply(init_again, (1u64,)).unwrap(), 2);
+    assert_eq!(pool.map(init_again, 0..100u64).unwrap()[99], 100);
+    assert_eq!(
+        pool.apply(my_pid, ()).unwrap(),
+        pid,
+        "the same worker serves on"
+    );
+}
+
 macro_rules! conformance_suite {
     ($($(#[$cfg:meta])* $name:ident;)*) => {$(
         $(#[$cfg])*
@@ -350,6 +369,7 @@ macro_rules! conformance_suite {
             #[test] fn worker_death() { super::worker_death(S) }
             #[test] fn parent_death() { super::parent_death(S) }
             #[test] fn many_threads_one_pool() { super::many_threads_one_pool(S) }
+            #[test] fn init_inside_a_task_is_a_no_op() { super::init_inside_a_task_is_a_no_op(S) }
             #[test] fn no_leaks_after_a_thousand_pools() { super::no_leaks_after_a_thousand_pools(S) }
             #[test] fn ctrl_c_ends_the_program_and_its_workers() { super::ctrl_c_ends_the_program_and_its_workers(S) }
         }
