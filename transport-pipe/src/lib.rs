@@ -5,7 +5,10 @@
 //! descriptors 3 (requests) and 4 (replies): the worker's stdin is `/dev/null`, and its
 //! stdout and stderr stay the user's, so a task may `println!`. Frames are written
 //! through a buffer and flushed once per frame; each starts with a little-endian
-//! `u32` length checked against the frame cap before anything is allocated.
+//! `u32` length checked against the frame cap before anything is allocated. Writes
+//! block `SIGPIPE` in the writing thread: a worker that died makes the next write
+//! fail with `EPIPE` (the pool reports the worker's death), whatever the program's
+//! disposition of `SIGPIPE`.
 //!
 //! Use it through the `procpool` facade (feature `pipe`, on by default).
 #![deny(unsafe_code)]
@@ -81,7 +84,7 @@ fn link(read: OwnedFd, write: OwnedFd, config: LinkConfig) -> Link {
     let capacity = fcntl_getpipe_size(&write).unwrap_or(4096);
     Link {
         sender: Box::new(PipeSender {
-            writer: BufWriter::with_capacity(BUFFER, File::from(write)),
+            writer: Some(BufWriter::with_capacity(BUFFER, File::from(write))),
             max_frame: config.max_frame,
             capacity,
         }),
@@ -95,7 +98,8 @@ fn link(read: OwnedFd, write: OwnedFd, config: LinkConfig) -> Link {
 /// The writing end of a pipe link.
 #[derive(Debug)]
 struct PipeSender {
-    writer: BufWriter<File>,
+    /// Always `Some` until dropped (see `Drop`).
+    writer: Option<BufWriter<File>>,
     max_frame: usize,
     /// The pipe's buffer, in bytes.
     capacity: usize,
@@ -103,11 +107,27 @@ struct PipeSender {
 
 impl FrameSender for PipeSender {
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), Error> {
-        frame::write_frame(&mut self.writer, parts, self.max_frame)
+        // A dead reader is an error here, never a SIGPIPE that ends the program.
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        sys::without_sigpipe(|| frame::write_frame(writer, parts, self.max_frame))
     }
 
     fn capacity(&self) -> usize {
         self.capacity
+    }
+}
+
+impl Drop for PipeSender {
+    /// Every frame is flushed as it is sent, so bytes are left in the buffer only
+    /// after a failed write (the reader is gone): they are dropped, not written again
+    /// by `BufWriter`'s own drop, a write that would raise `SIGPIPE` unguarded.
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            drop(writer.into_parts());
+        }
     }
 }
 
@@ -176,7 +196,7 @@ mod tests {
     fn watching_sees_frames_and_the_end_without_consuming_them() {
         let (read, write) = pipe_with(PipeFlags::CLOEXEC).unwrap();
         let mut sender = PipeSender {
-            writer: BufWriter::new(File::from(write)),
+            writer: Some(BufWriter::new(File::from(write))),
             max_frame: 1024,
             capacity: 4096,
         };

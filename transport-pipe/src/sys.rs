@@ -73,3 +73,61 @@ fn adopt(fd: RawFd) -> io::Result<OwnedFd> {
     fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
     Ok(owned)
 }
+
+/// Runs `write` with `SIGPIPE` blocked in the calling thread, so that writing to a
+/// pipe whose reader is gone (a dead worker) fails with `EPIPE` instead of killing
+/// the whole program — also in a program that restored the default disposition
+/// (`SIG_DFL`, as command-line tools do so that `| head` ends them quietly).
+///
+/// The signal the failed write raised stays pending on this thread while it is
+/// blocked; it is taken off before the old mask is restored, so it is never
+/// delivered. Two `rt_sigprocmask` calls per frame, plus two more after a failure.
+pub(crate) fn without_sigpipe<T, E>(write: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    let pipe = sigpipe_set();
+    // SAFETY: an all-zero sigset_t is a valid (empty) set for the kernel to overwrite.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live sigset_t values of this frame; blocking a
+    // signal in the calling thread has no other effect on memory.
+    let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old) } == 0;
+    let result = write();
+    if blocked {
+        if result.is_err() {
+            discard_pending_sigpipe(&pipe);
+        }
+        // SAFETY: `old` is the mask read above; restoring it is what we blocked from.
+        // If SIGPIPE was already blocked there, this changes nothing.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    }
+    result
+}
+
+/// The set holding `SIGPIPE` alone.
+fn sigpipe_set() -> libc::sigset_t {
+    // SAFETY: an all-zero sigset_t is valid storage for sigemptyset to initialise.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live, writable sigset_t; SIGPIPE is a valid signal number.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+    }
+    set
+}
+
+/// Takes a pending `SIGPIPE` off the calling thread (with `SIGPIPE` blocked), if
+/// there is one; never waits.
+fn discard_pending_sigpipe(pipe: &libc::sigset_t) {
+    // SAFETY: an all-zero sigset_t is valid storage for sigpending to fill.
+    let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `pending` is a live sigset_t the kernel writes into.
+    let ok = unsafe { libc::sigpending(&mut pending) } == 0;
+    // SAFETY: `pending` was initialised by sigpending.
+    if ok && unsafe { libc::sigismember(&pending, libc::SIGPIPE) } == 1 {
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `pipe` and `zero` are live; a null siginfo pointer is allowed. With
+        // a zero timeout this returns at once, taking the pending SIGPIPE.
+        unsafe { libc::sigtimedwait(pipe, std::ptr::null_mut(), &zero) };
+    }
+}

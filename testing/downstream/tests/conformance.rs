@@ -356,6 +356,22 @@ fn init_inside_a_task_is_a_no_op(s: Setup) {
     );
 }
 
+fn default_sigpipe_never_kills_the_program(s: Setup) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sigpipe_default"))
+        .env("PROCPOOL_TEST_TRANSPORT", s.transport)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("maps whose worker died: 30"), "{stdout}");
+    assert!(stdout.ends_with("alive\n"), "{stdout}");
+}
+
 macro_rules! conformance_suite {
     ($($(#[$cfg:meta])* $name:ident;)*) => {$(
         $(#[$cfg])*
@@ -370,6 +386,7 @@ macro_rules! conformance_suite {
             #[test] fn parent_death() { super::parent_death(S) }
             #[test] fn many_threads_one_pool() { super::many_threads_one_pool(S) }
             #[test] fn init_inside_a_task_is_a_no_op() { super::init_inside_a_task_is_a_no_op(S) }
+            #[test] fn default_sigpipe_never_kills_the_program() { super::default_sigpipe_never_kills_the_program(S) }
             #[test] fn no_leaks_after_a_thousand_pools() { super::no_leaks_after_a_thousand_pools(S) }
             #[test] fn ctrl_c_ends_the_program_and_its_workers() { super::ctrl_c_ends_the_program_and_its_workers(S) }
         }
