@@ -119,3 +119,36 @@ fn tasks_sharing_a_path_are_told_apart() {
         ["tests::robustness::helper", "tests::robustness::helper#2"]
     );
 }
+
+#[test]
+fn a_callback_blocking_on_its_own_pool_gets_an_error_not_a_deadlock() {
+    use procpool::Callbacks;
+    use std::sync::Arc;
+    use std::sync::mpsc;
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let other = Arc::new(Pool::new(1).unwrap());
+    let (tx, rx) = mpsc::channel();
+    let (inner, other_in) = (Arc::clone(&pool), Arc::clone(&other));
+    let callbacks = Callbacks::new().on_success(move |_: &u64| {
+        let apply = inner.apply(square, (3u64,));
+        let map = inner.map(square, [1u64, 2]);
+        let queued = inner.apply_async(nap, (50u64,)).map(|h| h.get());
+        let elsewhere = other_in.map(square, [4u64]);
+        let _ = tx.send((apply, map, queued, elsewhere));
+    });
+    let first = pool.apply_async_with(square, (2u64,), callbacks).unwrap();
+    // A liveness bound: before the fix, the callback never returned.
+    let (apply, map, queued, elsewhere) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(
+        matches!(apply, Err(Error::InvalidArgument(ref m)) if m.contains("callback")),
+        "{apply:?}"
+    );
+    assert!(matches!(map, Err(Error::InvalidArgument(_))), "{map:?}");
+    assert!(
+        matches!(queued, Ok(Err(Error::InvalidArgument(_)))),
+        "{queued:?}"
+    );
+    assert_eq!(elsewhere.unwrap(), [16], "another pool serves a callback");
+    assert_eq!(first.get().unwrap(), 4);
+    assert_eq!(pool.apply(square, (5u64,)).unwrap(), 25, "the pool goes on");
+}

@@ -76,7 +76,10 @@ pub enum Error {
         pid: u32,
         /// Its exit code or the signal that killed it.
         exit: WorkerExit,
-        /// Index of the first item of the chunk the worker was running.
+        /// Index of the item the worker was running when it died (read from the
+        /// page in which a worker notes its progress). The other items of that
+        /// chunk fail with the same error; chunks the worker had not started run on
+        /// its successor instead.
         index: usize,
     },
 

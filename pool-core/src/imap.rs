@@ -257,6 +257,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
                 payload: buf,
                 job: Arc::clone(&self.job),
                 retries: 0,
+                restarts: 0,
                 solo: false,
                 sink: Some(Arc::clone(&self.sink)),
             };

@@ -327,6 +327,7 @@ impl Pool {
         I: IntoIterator,
         I::Item: Borrow<A>,
     {
+        self.shared.may_block_here()?;
         self.map_async_with(task, items, None, Callbacks::new())?
             .get()
     }
@@ -345,6 +346,7 @@ impl Pool {
         I: IntoIterator,
         I::Item: Borrow<A>,
     {
+        self.shared.may_block_here()?;
         self.map_async_with(task, items, Some(chunksize), Callbacks::new())?
             .get()
     }
@@ -364,6 +366,7 @@ impl Pool {
         I: IntoIterator,
         I::Item: Borrow<A>,
     {
+        self.shared.may_block_here()?;
         self.map_async_with(task, items, None, Callbacks::new().on_progress(on_progress))?
             .get()
     }
@@ -411,6 +414,7 @@ impl Pool {
         I: IntoIterator,
         I::Item: Borrow<Args>,
     {
+        self.shared.may_block_here()?;
         self.starmap_async_with(task, items, None, Callbacks::new())?
             .get()
     }
@@ -428,6 +432,7 @@ impl Pool {
         I: IntoIterator,
         I::Item: Borrow<Args>,
     {
+        self.shared.may_block_here()?;
         self.starmap_async_with(task, items, Some(chunksize), Callbacks::new())?
             .get()
     }
@@ -477,6 +482,7 @@ impl Pool {
         Args: Serialize,
     {
         let _ = task; // its type is what the registry looks up
+        self.shared.may_block_here()?;
         let entry = entry_of::<F>()?;
         let mut payload = Vec::new();
         push_argument(&mut payload, entry, 0, &args)?;
@@ -497,7 +503,7 @@ impl Pool {
             };
         }
         // No idle worker: queue the arguments already encoded.
-        let job = Arc::new(Job::default());
+        let job = Arc::new(Job::of(&self.shared));
         let collector = Collector::new(entry.name(), Arc::clone(&job), 1, single, Callbacks::new());
         let sink: Arc<dyn ReplySink> = collector.clone();
         if let Err(e) = self.send_chunk(entry, &job, &sink, 0, 1, payload) {
@@ -712,6 +718,7 @@ impl Pool {
             payload: buf,
             job: Arc::clone(job),
             retries: 0,
+            restarts: 0,
             solo: false,
             sink: Some(Arc::clone(sink)),
         };
@@ -746,7 +753,7 @@ impl Pool {
         let chunk = chunksize
             .unwrap_or_else(|| default_chunksize(total, self.processes()))
             .min(u32::MAX as usize);
-        let job = Arc::new(Job::default());
+        let job = Arc::new(Job::of(&self.shared));
         let collector =
             Collector::<T, R>::new(entry.name(), Arc::clone(&job), total, finish, callbacks);
         let sink: Arc<dyn ReplySink> = collector.clone();

@@ -222,6 +222,7 @@ mod tests {
                 count: 1,
                 out: &mut out,
                 started: None,
+                item: &std::sync::atomic::AtomicU32::new(0),
             })
             .unwrap();
         // One result item: length 2, status OK, then 42.

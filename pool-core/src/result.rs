@@ -33,8 +33,11 @@ type ProgressFn = Box<dyn FnMut(Progress) + Send>;
 ///
 /// They run on one of the pool's threads, before the [`AsyncResult`] becomes ready,
 /// with no lock held: they may call the pool, even terminate it. Keep them short —
-/// the thread that runs them is a worker's driver — and do not wait in them for
-/// results of the same pool. A callback that panics is contained: the pool goes on.
+/// the thread that runs them is a worker's driver. A blocking call of the same pool
+/// (`map`, `apply`, `starmap`, `AsyncResult::get` of a call not done yet) is refused
+/// there with [`Error::InvalidArgument`] instead of deadlocking; its `*_async`
+/// methods work, and so does any other pool. (`wait` on an `AsyncResult` of the
+/// same pool cannot fail and would wait: don't.) A callback that panics is contained: the pool goes on.
 /// The callback that does not run is dropped when the call completes, releasing what
 /// it captured.
 ///
@@ -439,6 +442,8 @@ trait Outcome<R>: Send + Sync {
     /// `Some(true)` if set and `Ok`, `Some(false)` if set and `Err` (also once taken),
     /// `None` if not set.
     fn succeeded(&self) -> Option<bool>;
+    /// Whether the calling thread is a driver of the call's pool (a callback).
+    fn on_own_driver(&self) -> bool;
 }
 
 impl<T: DeserializeOwned + Send, R: Send> Outcome<R> for Collector<T, R> {
@@ -479,6 +484,10 @@ impl<T: DeserializeOwned + Send, R: Send> Outcome<R> for Collector<T, R> {
 
     fn succeeded(&self) -> Option<bool> {
         lock(&self.state).succeeded
+    }
+
+    fn on_own_driver(&self) -> bool {
+        self.job.on_own_driver()
     }
 }
 
@@ -536,7 +545,14 @@ impl<R> AsyncResult<R> {
     }
 
     /// Blocks until the call has finished and returns its result.
+    ///
+    /// From a callback of the same pool, a call that is not ready yet is an
+    /// [`Error::InvalidArgument`]: waiting there could wait for the callback's own
+    /// thread forever.
     pub fn get(self) -> Result<R, Error> {
+        if !self.ready() && self.outcome.on_own_driver() {
+            return Err(crate::scheduler::blocking_in_callback());
+        }
         self.outcome.wait_until(None);
         self.outcome.take().unwrap_or_else(|| Err(already_taken()))
     }

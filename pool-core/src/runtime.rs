@@ -18,7 +18,9 @@ static TRANSPORTS: OnceLock<&'static [&'static dyn Transport]> = OnceLock::new()
 static SERVING: AtomicBool = AtomicBool::new(false);
 
 /// What the pool tells a worker through [`MARKER_ENV`]:
-/// `1:<transport>:<parent pid>:<max frame>:<secret>`. Its `Debug` leaves the secret out.
+/// `1:<transport>:<parent pid>:<max frame>:<progress>:<secret>`, where `<progress>`
+/// is `p` if the worker finds a progress page on its descriptor 5 and `-` if not. Its
+/// `Debug` leaves the secret out.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Marker {
     pub(crate) transport: String,
@@ -26,6 +28,8 @@ pub(crate) struct Marker {
     pub(crate) max_frame: usize,
     /// The pool's random secret, echoed in the handshake.
     pub(crate) secret: u128,
+    /// A progress page was placed for the worker.
+    pub(crate) progress: bool,
 }
 
 impl std::fmt::Debug for Marker {
@@ -34,6 +38,7 @@ impl std::fmt::Debug for Marker {
             .field("transport", &self.transport)
             .field("parent", &self.parent)
             .field("max_frame", &self.max_frame)
+            .field("progress", &self.progress)
             .finish_non_exhaustive()
     }
 }
@@ -41,8 +46,12 @@ impl std::fmt::Debug for Marker {
 impl Marker {
     pub(crate) fn encode(&self) -> String {
         format!(
-            "1:{}:{}:{}:{:032x}",
-            self.transport, self.parent, self.max_frame, self.secret
+            "1:{}:{}:{}:{}:{:032x}",
+            self.transport,
+            self.parent,
+            self.max_frame,
+            if self.progress { "p" } else { "-" },
+            self.secret,
         )
     }
 
@@ -54,12 +63,18 @@ impl Marker {
         let transport = parts.next()?.to_owned();
         let parent = parts.next()?.parse().ok()?;
         let max_frame = parts.next()?.parse().ok()?;
+        let progress = match parts.next()? {
+            "p" => true,
+            "-" => false,
+            _ => return None,
+        };
         let secret = u128::from_str_radix(parts.next()?, 16).ok()?;
         parts.next().is_none().then_some(Marker {
             transport,
             parent,
             max_frame,
             secret,
+            progress,
         })
     }
 
@@ -115,7 +130,13 @@ fn serve(transports: &[&'static dyn Transport], marker: &Marker) -> Result<(), E
         max_frame: marker.max_frame,
         startup_timeout: std::time::Duration::from_secs(20),
     })?;
-    Worker::new(link, marker.secret).serve()
+    let worker = Worker::new(link, marker.secret);
+    // Without its page a worker still serves; the pool then knows less about which
+    // of a dead worker's batches had started (see `sys::ProgressPage`).
+    match marker.progress.then(crate::sys::ProgressPage::adopt) {
+        Some(Ok(page)) => worker.with_progress(page).serve(),
+        _ => worker.serve(),
+    }
 }
 
 /// True in a worker process (inside a task).
@@ -170,13 +191,21 @@ mod tests {
             parent: 42,
             max_frame: 1024,
             secret: 0xfeed_beef,
+            progress: true,
         };
         assert_eq!(Marker::parse(&m.encode()), Some(m.clone()));
-        assert_eq!(Marker::parse("2:pipe:1:1:0"), None);
-        assert_eq!(Marker::parse("1:pipe:x:1:0"), None);
-        assert_eq!(Marker::parse("1:pipe:1:1"), None, "no secret");
-        assert_eq!(Marker::parse("1:pipe:1:1:zz"), None);
-        assert_eq!(Marker::parse("1:pipe:1:1:0:extra"), None);
+        let plain = Marker {
+            progress: false,
+            ..m.clone()
+        };
+        assert_eq!(Marker::parse(&plain.encode()), Some(plain));
+        assert_eq!(Marker::parse("2:pipe:1:1:p:0"), None);
+        assert_eq!(Marker::parse("1:pipe:x:1:p:0"), None);
+        assert_eq!(Marker::parse("1:pipe:1:1:p"), None, "no secret");
+        assert_eq!(Marker::parse("1:pipe:1:1:p:zz"), None);
+        assert_eq!(Marker::parse("1:pipe:1:1:0"), None, "no progress field");
+        assert_eq!(Marker::parse("1:pipe:1:1:x:0"), None);
+        assert_eq!(Marker::parse("1:pipe:1:1:p:0:extra"), None);
         let shown = format!("{m:?}");
         assert!(
             !shown.contains("feedbeef") && !shown.contains("4276993775"),

@@ -79,9 +79,24 @@ pub(crate) trait ReplySink: Send + Sync {
 #[derive(Debug, Default)]
 pub(crate) struct Job {
     cancelled: AtomicBool,
+    /// The address of the pool's [`Shared`] (0: not known), to tell its drivers.
+    pool: usize,
 }
 
 impl Job {
+    /// The flag of a call to the pool of `shared`.
+    pub(crate) fn of(shared: &Shared) -> Self {
+        Job {
+            cancelled: AtomicBool::new(false),
+            pool: shared as *const Shared as usize,
+        }
+    }
+
+    /// Whether the calling thread is a driver of this call's pool (a callback).
+    pub(crate) fn on_own_driver(&self) -> bool {
+        self.pool != 0 && DRIVER_OF.with(std::cell::Cell::get) == self.pool
+    }
+
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);
     }
@@ -102,6 +117,10 @@ pub(crate) struct Batch {
     pub(crate) job: Arc<Job>,
     /// Runs of this batch lost with a dead worker so far.
     pub(crate) retries: u32,
+    /// Times this batch was requeued because its worker was found dead before it
+    /// had started it (see `driver::worker_lost`); bounded, so that a worker that
+    /// always dies on receiving it cannot keep it going round.
+    pub(crate) restarts: u32,
     /// Goes to a worker in a frame of its own: it was in a group whose reply the
     /// worker could not send (over the frame cap).
     pub(crate) solo: bool,
@@ -256,6 +275,22 @@ pub(crate) struct Shared {
     next_batch: AtomicU64,
 }
 
+thread_local! {
+    /// On a driver thread: the address of its pool's [`Shared`] (0 elsewhere), so
+    /// that a callback blocking on its own pool is refused instead of deadlocking.
+    static DRIVER_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The error of a callback that waits on its own pool.
+pub(crate) fn blocking_in_callback() -> Error {
+    Error::InvalidArgument(
+        "a callback of this pool called one of its blocking methods (map, apply, starmap, \
+         AsyncResult::get of one of its calls), which would wait for the callback's own \
+         thread: use the *_async methods from callbacks, or another pool"
+            .into(),
+    )
+}
+
 /// Room kept in a frame for the batch header.
 pub(crate) const HEADER_ROOM: usize = 1024;
 
@@ -371,8 +406,20 @@ impl Shared {
             let outcome = match conn.exchange(self, &request) {
                 Ok(outcome) => outcome,
                 Err(failure) => {
+                    let sent = conn.last_sent;
                     let (exit, failure) = conn.reap_failed(self, failure);
+                    let unstarted = match failure {
+                        LinkFailure::Unsent => true,
+                        LinkFailure::Closed => conn.started(sent).is_none(),
+                        _ => false,
+                    };
                     *guard = None;
+                    if unstarted {
+                        // The worker had died before it got the call (while idle):
+                        // nothing was lost. The queue runs the call on the worker
+                        // its driver starts instead.
+                        return None;
+                    }
                     Err(failure_error(self, task, 0, pid, exit, failure))
                 }
             };
@@ -386,15 +433,22 @@ impl Shared {
         None
     }
 
-    /// Puts a batch whose worker died back at the head of the queue.
-    fn requeue(&self, batch: Batch) {
+    /// Puts batches whose worker died back at the head of the queue, in their order.
+    fn requeue(&self, batches: Vec<Batch>) {
+        if batches.is_empty() {
+            return;
+        }
         let mut state = lock(&self.state);
         if self.is_terminating() {
             drop(state);
-            batch.complete(0, Err(Error::PoolClosed));
+            for batch in batches {
+                batch.complete(0, Err(Error::PoolClosed));
+            }
             return;
         }
-        state.queue.push_front(batch);
+        for batch in batches.into_iter().rev() {
+            state.queue.push_front(batch);
+        }
         let waiting = state.waiting;
         drop(state);
         if waiting > 0 {
@@ -499,6 +553,16 @@ impl Shared {
         }
     }
 
+    /// Refuses a call that would wait for this pool's own work from one of its
+    /// driver threads (a callback): the driver would wait for itself, and with one
+    /// worker, or all drivers in such callbacks, nothing would ever run.
+    pub(crate) fn may_block_here(&self) -> Result<(), Error> {
+        if DRIVER_OF.with(std::cell::Cell::get) == self as *const Shared as usize {
+            return Err(blocking_in_callback());
+        }
+        Ok(())
+    }
+
     pub(crate) fn is_terminating(&self) -> bool {
         self.terminating.load(Ordering::SeqCst)
     }
@@ -565,7 +629,7 @@ impl Shared {
     }
 }
 
-use connection::{Connection, Request};
+use connection::{Connection, LinkFailure, Request};
 pub(crate) use driver::drive;
 use driver::failure_error;
 

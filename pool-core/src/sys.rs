@@ -1,22 +1,36 @@
-//! The system calls procpool-core needs that std does not wrap safely.
+//! The system calls procpool-core needs that std does not wrap safely: preparing a
+//! worker between `fork` and `exec` (parent-death signal, limits, descriptors), the
+//! scheduling policy of driver threads, and the progress page shared with a worker.
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
 use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use rustix::process::{
     Pid, Resource, Rlimit, Signal, getppid, set_parent_process_death_signal, setrlimit,
 };
 
 /// Prepares the child started by `command`: it receives `SIGKILL` when the thread
-/// that spawned it dies, refuses to start if `parent` is already gone, and gets an
-/// address-space limit of `memory_limit` bytes if one is set.
+/// that spawned it dies, refuses to start if `parent` is already gone, gets an
+/// address-space limit of `memory_limit` bytes if one is set, inherits no descriptor
+/// of the parent but its standard streams, `progress` (placed on [`PROGRESS_FD`]) and
+/// what the transport places after this hook, as Python's `spawn` does.
 ///
 /// The death signal is armed before `exec` and survives it, so there is no window in
 /// which a worker whose parent died keeps running the user's program.
-pub(crate) fn prepare_worker(command: &mut Command, parent: Pid, memory_limit: Option<u64>) {
+pub(crate) fn prepare_worker(
+    command: &mut Command,
+    parent: Pid,
+    memory_limit: Option<u64>,
+    progress: Option<&ProgressPage>,
+) {
+    let progress = progress.map(|page| page.fd.as_raw_fd());
     // A worker started by a driver thread is scheduled as the pool's creator was,
     // not as the driver is (see `schedule_as_batch`).
     let restore_other = BATCH_THREAD.with(Cell::get);
@@ -42,11 +56,19 @@ pub(crate) fn prepare_worker(command: &mut Command, parent: Pid, memory_limit: O
             };
             setrlimit(Resource::As, limit)?;
         }
+        // Descriptors the parent opened without close-on-exec (a `libc::pipe` made
+        // before the pool, say) would otherwise live on in every worker: a reader of
+        // such a pipe would never see its end while a worker runs.
+        close_on_exec_from(3);
+        if let Some(fd) = progress {
+            place(fd, PROGRESS_FD)?;
+        }
         Ok(())
     };
     // SAFETY: the hook runs in the child between fork and exec, where only
     // async-signal-safe work is allowed; it makes raw system calls (prctl, getppid,
-    // setrlimit), takes no lock and allocates nothing (the error is built from a kind).
+    // setrlimit, close_range, fcntl, dup2), takes no lock and allocates nothing (the
+    // error is built from a kind).
     unsafe {
         command.pre_exec(hook);
     }
@@ -81,5 +103,181 @@ pub(crate) fn schedule_as_batch() {
     // (priority 0 is the only one SCHED_BATCH takes).
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } == 0 {
         BATCH_THREAD.with(|flag| flag.set(true));
+    }
+}
+
+/// The descriptor on which a worker finds its progress page.
+pub(crate) const PROGRESS_FD: RawFd = 5;
+
+/// Marks every descriptor from `first` on close-on-exec, so `exec` closes them; the
+/// descriptors placed afterwards with `dup2` (which clears the flag) survive.
+/// `close_range(CLOSE_RANGE_CLOEXEC)` (Linux 5.11) in one call; on older kernels, a
+/// loop of `fcntl` up to the descriptor limit (at most 65 536). Async-signal-safe.
+fn close_on_exec_from(first: u32) {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags of this (forked) process; the
+    // arguments are plain integers.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if done {
+        return;
+    }
+    // SAFETY: an all-zero rlimit is valid storage for getrlimit to fill.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `limit` is a live rlimit the kernel writes into.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(65_536) as i32
+    } else {
+        1024
+    };
+    for fd in first as i32..max {
+        // SAFETY: fcntl on a descriptor number that may or may not be open: if not,
+        // it fails with EBADF and changes nothing.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
+/// `dup2(from, to)`: the copy has no close-on-exec flag, so it survives `exec`.
+fn place(from: RawFd, to: RawFd) -> io::Result<()> {
+    if from == to {
+        rustix::io::fcntl_setfd(
+            // SAFETY: `from` is open in this (forked) process for the whole call: the
+            // parent keeps it open until `spawn` returns.
+            unsafe { BorrowedFd::borrow_raw(from) },
+            rustix::io::FdFlags::empty(),
+        )?;
+        return Ok(());
+    }
+    // SAFETY: as above, `from` is open for the whole call.
+    let from = unsafe { BorrowedFd::borrow_raw(from) };
+    // SAFETY: `to` is only a dup2 target and is never closed through this handle
+    // (ManuallyDrop), so no descriptor is owned twice.
+    let mut to = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(to) });
+    rustix::io::dup2(from, &mut to)?;
+    Ok(())
+}
+
+/// Bytes of a progress page.
+const PAGE: usize = 4096;
+
+/// A page of memory shared by the pool and one worker, in which the worker notes
+/// the frame it is running and the item of that frame it is at: when a worker dies,
+/// the pool reads there which batches had started (see the engine's notes on a dead
+/// worker's work). A `memfd` mapped by both: nothing in the file system, freed with
+/// the last mapping and descriptor.
+#[derive(Debug)]
+pub(crate) struct ProgressPage {
+    fd: OwnedFd,
+    base: NonNull<u8>,
+}
+
+// SAFETY: the mapping is only ever accessed through the atomics below, which may be
+// shared and sent between threads; the pointer stays valid until `Drop` unmaps it.
+unsafe impl Send for ProgressPage {}
+// SAFETY: as above: all access is atomic.
+unsafe impl Sync for ProgressPage {}
+
+impl ProgressPage {
+    /// A new page, zeroed (no frame started), in the parent.
+    pub(crate) fn create() -> io::Result<ProgressPage> {
+        let fd = rustix::fs::memfd_create("procpool-progress", rustix::fs::MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&fd, PAGE as u64)?;
+        Self::map(fd)
+    }
+
+    /// In a worker: the page the pool placed on [`PROGRESS_FD`], if it is one.
+    pub(crate) fn adopt() -> io::Result<ProgressPage> {
+        // SAFETY: a borrow for the duration of fstat only; if the descriptor is not
+        // open, fstat fails with EBADF and nothing else happens.
+        let stat = rustix::fs::fstat(unsafe { BorrowedFd::borrow_raw(PROGRESS_FD) })?;
+        if stat.st_size < PAGE as i64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "descriptor 5 is not a procpool progress page",
+            ));
+        }
+        // SAFETY: the descriptor is open (fstat succeeded) and was placed by the pool
+        // for this process alone; it is adopted once, at start-up.
+        let fd = unsafe { OwnedFd::from_raw_fd(PROGRESS_FD) };
+        rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+        Self::map(fd)
+    }
+
+    fn map(fd: OwnedFd) -> io::Result<ProgressPage> {
+        use rustix::mm::{MapFlags, ProtFlags, mmap};
+        // SAFETY: a fresh shared mapping of PAGE bytes of a memfd at least that long,
+        // at an address the kernel chooses: it overlaps nothing of ours.
+        let base = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
+        }?;
+        let base = NonNull::new(base.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+        Ok(ProgressPage { fd, base })
+    }
+
+    /// The id of the frame the worker is running (0: none yet).
+    pub(crate) fn frame(&self) -> &AtomicU64 {
+        // SAFETY: the mapping is PAGE bytes, page-aligned (so aligned for u64), and
+        // lives as long as `self`; both processes only access it atomically.
+        unsafe { &*self.base.as_ptr().cast::<AtomicU64>() }
+    }
+
+    /// The item of that frame the worker is at (counted from 0).
+    pub(crate) fn item(&self) -> &AtomicU32 {
+        // SAFETY: offset 8 of the page-aligned PAGE-byte mapping is aligned for u32
+        // and inside it; it lives as long as `self`; access is atomic only.
+        unsafe { &*self.base.as_ptr().add(8).cast::<AtomicU32>() }
+    }
+
+    /// In a worker: notes that frame `id` starts, at its item 0.
+    pub(crate) fn begin(&self, id: u64) {
+        self.item().store(0, Ordering::Relaxed);
+        self.frame().store(id, Ordering::Release);
+    }
+
+    /// In the pool, once the worker is dead: the frame it had started last and the
+    /// item of it that was running.
+    pub(crate) fn last_started(&self) -> (u64, u32) {
+        let frame = self.frame().load(Ordering::Acquire);
+        (frame, self.item().load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for ProgressPage {
+    fn drop(&mut self) {
+        // SAFETY: `base` is the PAGE-byte mapping made in `map`, not unmapped before,
+        // and no reference into it outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), PAGE) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_progress_page_is_shared_through_its_descriptor() {
+        let page = ProgressPage::create().unwrap();
+        assert_eq!(page.last_started(), (0, 0), "a new page is zeroed");
+        // A second mapping of the same memfd, as the worker makes.
+        let twin = ProgressPage::map(page.fd.try_clone().unwrap()).unwrap();
+        twin.begin(42);
+        twin.item().store(7, Ordering::Relaxed);
+        assert_eq!(page.last_started(), (42, 7));
+        drop(twin);
+        assert_eq!(page.last_started(), (42, 7), "the page outlives a mapping");
     }
 }

@@ -7,6 +7,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -109,6 +110,9 @@ pub struct BatchRun<'a> {
     pub(crate) out: &'a mut Vec<u8>,
     /// Called with `k` before item `k > 0` starts (only when the pool times items).
     pub(crate) started: Option<&'a mut (dyn FnMut(u32) -> Result<(), Error> + 'a)>,
+    /// Set to `k` as item `k` starts: the worker's progress page, which the pool
+    /// reads when the worker dies (one relaxed store per item).
+    pub(crate) item: &'a AtomicU32,
 }
 
 impl std::fmt::Debug for BatchRun<'_> {
@@ -158,6 +162,7 @@ where
         IN_TASK.with(|flag| flag.set(true));
         let run = panic::catch_unwind(AssertUnwindSafe(|| -> Result<(), Error> {
             while k < end {
+                batch.item.store(k, Ordering::Relaxed);
                 let input = batch.items.next_item()?.ok_or_else(|| {
                     Error::protocol(format!("batch announced {count} items but holds fewer"))
                 })?;
@@ -274,13 +279,18 @@ mod tests {
             .unwrap();
         }
         let mut out = Vec::new();
+        let item = AtomicU32::new(u32::MAX);
         let mut batch = BatchRun {
             items: Items::new(&payload),
             count: inputs.len() as u32,
             out: &mut out,
             started: None,
+            item: &item,
         };
         run_batch(task, &mut batch).unwrap();
+        // The progress page holds the last item started.
+        let last = inputs.len().checked_sub(1).map_or(u32::MAX, |k| k as u32);
+        assert_eq!(item.load(Ordering::Relaxed), last);
         let mut items = Items::new(&out);
         let mut outcomes = Vec::new();
         while let Some(item) = items.next_item().unwrap() {
@@ -349,6 +359,7 @@ mod tests {
                 count: 3,
                 out: &mut out,
                 started: Some(&mut hook),
+                item: &AtomicU32::new(0),
             };
             run_batch(ident, &mut batch)
         }));

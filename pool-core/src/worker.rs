@@ -1,11 +1,13 @@
 //! The loop a worker process runs: handshake, then batches until the pool lets go.
 
 use std::io::Write;
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use crate::error::Error;
 use crate::protocol::{self, FromWorker, Hello, Items, MAGIC, PROTOCOL_VERSION, ToWorker};
 use crate::registry::{self, TaskEntry};
+use crate::sys::ProgressPage;
 use crate::task::{self, BatchRun};
 use crate::transport::{Link, Received};
 
@@ -21,6 +23,8 @@ pub struct Worker {
     link: Link,
     pid: u32,
     secret: u128,
+    /// Where the frame and item being run are noted for the pool, if it gave a page.
+    progress: Option<ProgressPage>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -38,7 +42,14 @@ impl Worker {
             link,
             pid: std::process::id(),
             secret,
+            progress: None,
         }
+    }
+
+    /// Notes the frame and item it runs in `page`, shared with the pool.
+    pub(crate) fn with_progress(mut self, page: ProgressPage) -> Self {
+        self.progress = Some(page);
+        self
     }
 
     /// Sends the handshake, then runs batches until the pool sends `Shutdown` or
@@ -61,6 +72,10 @@ impl Worker {
         let mut results = Vec::new();
         let mut cached: Option<&'static TaskEntry> = None;
         let mut linger = false;
+        // The item counter of the page, or one nobody reads.
+        let unshared = AtomicU32::new(0);
+        let page = self.progress.take();
+        let item = page.as_ref().map_or(&unshared, ProgressPage::item);
         loop {
             if linger {
                 // The last call's caller is likely to call again within microseconds:
@@ -99,6 +114,9 @@ impl Worker {
                 }
             };
             cached = Some(entry);
+            if let Some(page) = &page {
+                page.begin(id);
+            }
             results.clear();
             let sender = &mut self.link.sender;
             let header_buf = &mut header;
@@ -108,7 +126,7 @@ impl Worker {
             };
             let started: Option<&mut dyn FnMut(u32) -> Result<(), Error>> =
                 if progress { Some(&mut started) } else { None };
-            run_batch(entry, payload, count, &mut results, started)?;
+            run_batch(entry, payload, count, &mut results, started, item)?;
             // Let what tasks printed out before their results arrive.
             let _ = std::io::stdout().flush();
             protocol::encode_header(&FromWorker::Done { id, count }, &mut header)?;
@@ -129,18 +147,21 @@ impl Worker {
 }
 
 /// Runs `count` items of `entry` from `payload`, appending one result item each;
-/// `started(k)`, if given, is called before item `k > 0` runs.
+/// `started(k)`, if given, is called before item `k > 0` runs, and `item` is set to
+/// `k` as item `k` starts.
 fn run_batch<'a>(
     entry: &TaskEntry,
     payload: &'a [u8],
     count: u32,
     out: &'a mut Vec<u8>,
     started: Option<&'a mut (dyn FnMut(u32) -> Result<(), Error> + 'a)>,
+    item: &'a AtomicU32,
 ) -> Result<(), Error> {
     entry.run(&mut BatchRun {
         items: Items::new(payload),
         count,
         out,
         started,
+        item,
     })
 }

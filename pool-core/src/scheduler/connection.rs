@@ -16,8 +16,10 @@ use crate::transport::{Link, Received};
 /// How a link to a worker failed.
 #[derive(Debug)]
 pub(super) enum LinkFailure {
-    /// The worker went away (end of stream, broken pipe).
+    /// The worker went away (end of stream while waiting for a reply).
     Closed,
+    /// A frame could not be written: the worker had gone, and never got it.
+    Unsent,
     /// An item ran past the task time limit; `done` items of the batch had finished.
     TimedOut { done: u32 },
     /// The worker sent something it should not have; it is killed.
@@ -61,6 +63,11 @@ pub(super) struct Connection {
     /// Largest batch payload sent ahead to this worker while it is busy: the frames
     /// in flight must fit the link's buffer.
     pub(super) ahead_frame: usize,
+    /// Where the worker notes the frame and item it runs (`None` if it could not be
+    /// made: then every frame of a dead worker counts as started).
+    progress: Option<sys::ProgressPage>,
+    /// The id of the last frame written.
+    pub(super) last_sent: u64,
 }
 
 impl Connection {
@@ -74,16 +81,24 @@ impl Connection {
             std::os::unix::process::CommandExt::arg0(&mut command, arg0);
         }
         command.args(args);
+        // Best effort: without it, a dead worker's frame counts as started.
+        let progress = sys::ProgressPage::create().ok();
         let marker = Marker {
             transport: config.transport.name().to_owned(),
             parent: std::process::id(),
             max_frame: config.link.max_frame,
             secret: config.secret,
+            progress: progress.is_some(),
         };
         command
             .env(MARKER_ENV, marker.encode())
             .stdin(Stdio::null());
-        sys::prepare_worker(&mut command, rustix::process::getpid(), config.memory_limit);
+        sys::prepare_worker(
+            &mut command,
+            rustix::process::getpid(),
+            config.memory_limit,
+            progress.as_ref(),
+        );
 
         let (child, link) = config.transport.spawn(command, config.link)?;
         let pid = child.id();
@@ -97,6 +112,8 @@ impl Connection {
             items_sent: 0,
             header: Vec::with_capacity(128),
             ahead_frame,
+            progress,
+            last_sent: 0,
         };
         if shared.is_terminating() {
             conn.reap(shared);
@@ -110,7 +127,7 @@ impl Connection {
             Err(failure) => {
                 let exit = conn.reap(shared);
                 Err(match failure {
-                    LinkFailure::Closed => Error::Startup(format!(
+                    LinkFailure::Closed | LinkFailure::Unsent => Error::Startup(format!(
                         "worker {pid} {exit} before the handshake: make procpool::init() the first \
                          line of main (or use #[procpool::main] / procpool::test_support!())"
                     )),
@@ -222,8 +239,12 @@ impl Connection {
         let mut parts = Vec::with_capacity(request.items.len() + 1);
         parts.push(&self.header[..]);
         parts.extend_from_slice(request.items);
-        self.link.sender.send(&parts)?;
+        self.link.sender.send(&parts).map_err(|e| match e {
+            Error::Io(_) => LinkFailure::Unsent,
+            other => LinkFailure::from(other),
+        })?;
         self.items_sent += request.count as usize;
+        self.last_sent = id;
         Ok(id)
     }
 
@@ -318,6 +339,17 @@ impl Connection {
             other => other,
         };
         (exit, failure)
+    }
+
+    /// Once the worker is dead: how far it got in frame `id`. `Some(k)` if it had
+    /// started the frame and was at its item `k`, `None` if it had not started it.
+    /// Without a progress page, every frame counts as started, at item 0.
+    pub(super) fn started(&self, id: u64) -> Option<u32> {
+        let Some(page) = &self.progress else {
+            return Some(0);
+        };
+        let (frame, item) = page.last_started();
+        (frame == id).then_some(item)
     }
 
     /// How the worker ended, and whether it did so by itself (not by our SIGKILL).

@@ -48,6 +48,7 @@ const GROUP_MAX_ITEMS: usize = 4096;
 /// The body of driver thread `slot`. Reports the first worker's start-up through
 /// `started`, then serves the queue until the pool closes.
 pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32, Error>>) {
+    super::DRIVER_OF.with(|pool| pool.set(Arc::as_ptr(&shared) as usize));
     if shared.config.batch_drivers {
         crate::sys::schedule_as_batch();
     }
@@ -108,6 +109,8 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
     let mut link: Option<MutexGuard<'_, Option<Connection>>> = None;
     loop {
         let mut failure = None;
+        // A frame that could not be written (the worker had gone).
+        let mut unsent: Option<Vec<Batch>> = None;
         while in_flight.len() < depth && failure.is_none() {
             let (items_sent, ahead) = link
                 .as_ref()
@@ -134,7 +137,7 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
             let conn = match connection(shared, slot, held) {
                 Ok(conn) => conn,
                 Err(e) => {
-                    group.into_iter().for_each(|b| shared.requeue(b));
+                    shared.requeue(group);
                     shared.set_occupied(&mut occupied, true);
                     return Some(e);
                 }
@@ -178,22 +181,28 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
             match sent {
                 Ok(id) => in_flight.push_back((group, id)),
                 Err(f) => {
-                    in_flight.push_back((group, 0));
+                    unsent = Some(group);
                     failure = Some(f);
                 }
             }
         }
-        let Some((group, id)) = in_flight.pop_front() else {
+        if in_flight.is_empty() && unsent.is_none() {
             break; // nothing in flight and nothing queued: the pool is closing
-        };
+        }
         // Work is in flight, so the link is held and has a connection.
         let Some(conn) = link.as_mut().and_then(|l| l.as_mut()) else {
-            for batch in group {
+            for batch in in_flight
+                .drain(..)
+                .flat_map(|(g, _)| g)
+                .chain(unsent.into_iter().flatten())
+            {
                 batch.complete(0, Err(Error::protocol("driver lost its connection")));
             }
             continue;
         };
-        if failure.is_none() {
+        if failure.is_none()
+            && let Some((group, id)) = in_flight.pop_front()
+        {
             let count: u32 = group.iter().map(|b| b.count).sum();
             match conn.receive(shared, id, count) {
                 Ok(Err(_)) if group.len() > 1 => {
@@ -202,10 +211,15 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
                     quick = None;
                     group_items = 1;
                     busy_since = Instant::now();
-                    for mut batch in group.into_iter().rev() {
-                        batch.solo = true;
-                        shared.requeue(batch);
-                    }
+                    shared.requeue(
+                        group
+                            .into_iter()
+                            .map(|mut batch| {
+                                batch.solo = true;
+                                batch
+                            })
+                            .collect(),
+                    );
                     if in_flight.is_empty() {
                         shared.set_occupied(&mut occupied, false);
                     }
@@ -226,27 +240,10 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
                     failure = Some(f);
                 }
             }
-        } else {
-            in_flight.push_front((group, id));
         }
         if let Some(failure) = failure {
-            // The worker is gone: every batch it held fails or runs again.
-            let (exit, failure) = conn.reap_failed(shared, failure);
-            let pid = conn.pid;
-            let lost_batches: Vec<Batch> = in_flight.drain(..).flat_map(|(g, _)| g).collect();
-            // The first batch gets the failure, the others `Closed`. Batches run
-            // again go back to the head of the queue: last first, to keep their order.
-            let mut failure = Some(failure);
-            for (k, batch) in lost_batches.into_iter().enumerate().rev() {
-                let cause = if k == 0 { failure.take() } else { None };
-                lost(
-                    shared,
-                    batch,
-                    pid,
-                    exit,
-                    cause.unwrap_or(LinkFailure::Closed),
-                );
-            }
+            // The worker is gone: each batch it held is failed, or runs again.
+            worker_lost(shared, conn, &mut in_flight, unsent, failure);
             quick = None;
             group_items = 1;
             shared.set_occupied(&mut occupied, false);
@@ -314,26 +311,174 @@ fn complete(mut group: Vec<Batch>, pid: u32, outcome: Result<ResultFrame, Error>
     }
 }
 
-/// A batch whose worker failed: run it again if it was lost with a dead worker and
-/// may be retried, else complete it with the error.
-fn lost(shared: &Shared, mut batch: Batch, pid: u32, exit: WorkerExit, failure: LinkFailure) {
-    let retry = matches!(failure, LinkFailure::Closed)
-        && batch.retries < shared.config.retry_lost_tasks
-        && !shared.is_terminating();
-    if retry {
-        batch.retries += 1;
-        shared.requeue(batch);
-    } else {
-        let error = failure_error(shared, batch.task, batch.first_index, pid, exit, failure);
+/// How often a batch is put back because its worker was found dead before it had
+/// started it, at the head of the line (the case that cannot be told apart from a
+/// worker that dies on receiving it), before it counts as lost with that worker.
+const MAX_RESTARTS: u32 = 3;
+
+/// What a dead worker had done with one of the batches it held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Its items had all run; their results died with the worker.
+    Finished,
+    /// It was running: item `index` of the input was.
+    Running { index: usize },
+    /// The worker never started it.
+    Unstarted,
+}
+
+/// The fates of the batches of one frame of `counts` items each, for a worker that
+/// was at item `at` of the frame (`None`: had not started the frame).
+fn fates(counts: impl IntoIterator<Item = (usize, u32)>, at: Option<u32>) -> Vec<Fate> {
+    let mut offset = 0u32;
+    counts
+        .into_iter()
+        .map(|(first_index, count)| {
+            let start = offset;
+            offset = offset.saturating_add(count);
+            match at {
+                Some(k) if k >= offset && count > 0 => Fate::Finished,
+                Some(k) if k >= start => Fate::Running {
+                    index: first_index + (k - start) as usize,
+                },
+                _ => Fate::Unstarted,
+            }
+        })
+        .collect()
+}
+
+/// The worker of `conn` failed with `failure` holding the frames `in_flight` (the
+/// front one sent first) and, if a write failed, the `unsent` frame: reaps it and
+/// settles each batch (see the engine's notes on a dead worker's work).
+///
+/// - The worker runs frames in order and everything it wrote arrives before the end
+///   of its stream, so only the front frame can have started; the frames behind it
+///   and the unsent one never did, and go back to the queue without using a retry.
+/// - After a failed write, the replies the worker sent before dying are read first.
+/// - Within the front frame, the progress page tells which batch was running and at
+///   which item: that batch gets the failure (or a retry, if it died with the
+///   worker); the batches before it finished, but their results are lost with the
+///   worker: with retries on they run again, without using one, else they fail. A
+///   front frame
+///   the worker had not started goes back to the queue, at most [`MAX_RESTARTS`]
+///   times.
+///
+/// The running batch's error is delivered first, so a `map` reports it.
+fn worker_lost(
+    shared: &Shared,
+    conn: &mut Connection,
+    in_flight: &mut VecDeque<(Vec<Batch>, u64)>,
+    unsent: Option<Vec<Batch>>,
+    failure: LinkFailure,
+) {
+    let (exit, mut failure) = conn.reap_failed(shared, failure);
+    let pid = conn.pid;
+    if matches!(failure, LinkFailure::Unsent) {
+        // The worker may have answered frames before it died: their replies are
+        // still in the link, followed by its end.
+        while let Some((group, id)) = in_flight.pop_front() {
+            let count = group.iter().map(|b| b.count).sum();
+            match conn.receive(shared, id, count) {
+                Ok(outcome) => answered(shared, group, pid, outcome),
+                Err(_) => {
+                    in_flight.push_front((group, id));
+                    break;
+                }
+            }
+        }
+        failure = LinkFailure::Closed;
+    }
+    let mut requeued = Vec::new();
+    let mut finished = Vec::new();
+    let mut front = true;
+    let frames = in_flight.drain(..).map(|(g, id)| (g, Some(id)));
+    for (group, id) in frames.chain(unsent.map(|g| (g, None))) {
+        if !std::mem::take(&mut front) {
+            requeued.extend(group);
+            continue;
+        }
+        let at = match (&failure, id) {
+            (LinkFailure::TimedOut { done }, _) => Some(*done),
+            (LinkFailure::Broken(_), _) => Some(0),
+            (_, Some(id)) => conn.started(id),
+            (_, None) => None, // the unsent frame, with nothing before it
+        };
+        // Not started at the head of the line: once too often, it counts as lost.
+        let at = at.or_else(|| {
+            group
+                .iter()
+                .any(|b| b.restarts >= MAX_RESTARTS)
+                .then_some(0)
+        });
+        let fates = fates(group.iter().map(|b| (b.first_index, b.count)), at);
+        for (mut batch, fate) in group.into_iter().zip(fates) {
+            match fate {
+                Fate::Unstarted => {
+                    if at.is_none() {
+                        batch.restarts += 1;
+                    }
+                    requeued.push(batch);
+                }
+                Fate::Running { index } => {
+                    let retry = matches!(failure, LinkFailure::Closed)
+                        && batch.retries < shared.config.retry_lost_tasks
+                        && !shared.is_terminating();
+                    if retry {
+                        batch.retries += 1;
+                        requeued.push(batch);
+                    } else {
+                        let task = batch.task;
+                        let failure = std::mem::replace(&mut failure, LinkFailure::Closed);
+                        let error = failure_error(shared, task, index, pid, exit, failure);
+                        batch.complete(pid, Err(error));
+                    }
+                }
+                // It did not die with the worker: running it again uses no retry (every
+                // death charges the batch that was running, so this ends).
+                Fate::Finished if shared.config.retry_lost_tasks > 0 => requeued.push(batch),
+                Fate::Finished => finished.push(batch),
+            }
+        }
+    }
+    for batch in finished {
+        let error = failure_error(
+            shared,
+            batch.task,
+            batch.first_index,
+            pid,
+            exit,
+            LinkFailure::Closed,
+        );
         batch.complete(pid, Err(error));
+    }
+    shared.requeue(requeued);
+}
+
+/// Hands each batch of a frame its part of the reply, or, for a group the worker
+/// could not answer in one frame (its results are over the cap), sends each batch
+/// again in a frame of its own.
+fn answered(shared: &Shared, group: Vec<Batch>, pid: u32, outcome: Result<ResultFrame, Error>) {
+    if group.len() > 1 && outcome.is_err() {
+        let solo = group
+            .into_iter()
+            .map(|mut batch| {
+                batch.solo = true;
+                batch
+            })
+            .collect();
+        shared.requeue(solo);
+    } else {
+        complete(group, pid, outcome);
     }
 }
 
-/// The error a chunk of `task` starting at `first_index` gets when its worker failed.
+/// The error a batch of `task` gets when its worker failed while running item
+/// `index` of the input (for a time-out, the item of the batch's first index plus
+/// the items done).
 pub(super) fn failure_error(
     shared: &Shared,
     task: &str,
-    first_index: usize,
+    index: usize,
     pid: u32,
     exit: WorkerExit,
     failure: LinkFailure,
@@ -342,15 +487,15 @@ pub(super) fn failure_error(
         return Error::PoolClosed;
     }
     match failure {
-        LinkFailure::Closed => Error::WorkerDied {
+        LinkFailure::Closed | LinkFailure::Unsent => Error::WorkerDied {
             task: task.to_owned(),
             pid,
             exit,
-            index: first_index,
+            index,
         },
-        LinkFailure::TimedOut { done } => Error::Timeout {
+        LinkFailure::TimedOut { .. } => Error::Timeout {
             task: Some(task.to_owned()),
-            index: Some(first_index + done as usize),
+            index: Some(index),
             pid: Some(pid),
             after: shared.config.task_timeout.unwrap_or_default(),
         },

@@ -72,6 +72,43 @@ fn my_pid() -> u32 {
     std::process::id()
 }
 
+/// Ends its worker with `exit(9)` `ms` after returning: a worker that dies while idle.
+#[pool_task]
+fn exit_later(ms: u64) -> u32 {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(ms));
+        std::process::exit(9);
+    });
+    std::process::id()
+}
+
+/// Ends its worker with `exit(0)` at item `at`.
+#[pool_task]
+fn exit_at(n: u64, at: u64) -> u64 {
+    if n == at {
+        std::process::exit(0);
+    }
+    n
+}
+
+/// Ends its worker at items 100 and 101, once each: a marker file in `dir` says an
+/// item has crashed already.
+#[pool_task]
+fn crash_once(dir: String, n: u64) -> u64 {
+    if n == 100 || n == 101 {
+        let marker = std::path::Path::new(&dir).join(n.to_string());
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+            .is_ok()
+        {
+            std::process::exit(1);
+        }
+    }
+    n * 2
+}
+
 /// Calls `procpool::init()` again, inside a task.
 #[pool_task]
 fn init_again(n: u64) -> u64 {
@@ -372,6 +409,86 @@ fn default_sigpipe_never_kills_the_program(s: Setup) {
     assert!(stdout.ends_with("alive\n"), "{stdout}");
 }
 
+fn a_worker_that_died_idle_is_replaced_and_nothing_fails(s: Setup) {
+    for processes in [1, 2] {
+        let pool = s.pool(processes);
+        for round in 0..3 {
+            let pid = pool.apply(my_pid, ()).unwrap();
+            procpool_downstream::kill9(pid);
+            procpool_downstream::wait_until_dead(pid, Duration::from_secs(10));
+            // The direct path of `apply`, then the queue of `map`.
+            assert_eq!(pool.apply(square, (3u64,)).unwrap(), 9, "round {round}");
+            let pid = pool.apply(my_pid, ()).unwrap();
+            procpool_downstream::kill9(pid);
+            procpool_downstream::wait_until_dead(pid, Duration::from_secs(10));
+            let out = pool.map_chunked(square, 0..1000u64, 10).unwrap();
+            assert_eq!(out[999], 999 * 999, "round {round}");
+        }
+        // A worker that exits by itself, between two calls.
+        let pid = pool.apply(exit_later, (10u64,)).unwrap();
+        procpool_downstream::wait_until_dead(pid, Duration::from_secs(10));
+        assert_eq!(pool.map(square, 0..100u64).unwrap()[99], 99 * 99);
+        let pid = pool.apply(exit_later, (10u64,)).unwrap();
+        procpool_downstream::wait_until_dead(pid, Duration::from_secs(10));
+        assert_eq!(pool.apply(square, (4u64,)).unwrap(), 16);
+    }
+}
+
+fn a_dead_workers_error_names_the_item_it_was_running(s: Setup) {
+    let pool = s.pool(1);
+    // Chunks of one quick item go to the worker grouped and sent ahead.
+    for (chunksize, at) in [(1usize, 1500u64), (1, 7), (100, 1650), (5000, 2999)] {
+        let args: Vec<(u64, u64)> = (0..3000u64).map(|n| (n, at)).collect();
+        let err = pool.starmap_chunked(exit_at, &args, chunksize).unwrap_err();
+        assert!(
+            matches!(err, Error::WorkerDied { index, exit: WorkerExit::Code(0), .. } if index == at as usize),
+            "chunksize {chunksize}, exit at {at}: {err:?}"
+        );
+    }
+    // Default chunks (750 items here).
+    let args: Vec<(u64, u64)> = (0..3000u64).map(|n| (n, 2000)).collect();
+    let err = pool.starmap(exit_at, &args).unwrap_err();
+    assert!(
+        matches!(err, Error::WorkerDied { index: 2000, .. }),
+        "{err:?}"
+    );
+    // Item by item through imap: the items after the dead one were never started and
+    // run on the next worker; only the chunk that was running fails.
+    let results: Vec<Result<u64, Error>> = pool.imap(square, 0..10u64).unwrap().collect();
+    assert!(results.iter().all(Result::is_ok));
+}
+
+fn only_the_running_batch_uses_a_retry(s: Setup) {
+    let dir = std::env::temp_dir().join(format!(
+        "procpool-crash-once-{}-{}",
+        std::process::id(),
+        s.transport
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = s
+        .builder()
+        .processes(1)
+        .retry_lost_tasks(1)
+        .build()
+        .unwrap();
+    let path = dir.to_string_lossy().into_owned();
+    let args: Vec<(String, u64)> = (0..200u64).map(|n| (path.clone(), n)).collect();
+    let out = pool.starmap_chunked(crash_once, &args, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out.unwrap();
+    assert_eq!(out, (0..200u64).map(|n| n * 2).collect::<Vec<_>>());
+}
+
+fn workers_inherit_no_descriptor_of_the_parent(s: Setup) {
+    let out = Command::new(env!("CARGO_BIN_EXE_inherit_fds"))
+        .env("PROCPOOL_TEST_TRANSPORT", s.transport)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "eof\n", "{out:?}");
+}
+
 macro_rules! conformance_suite {
     ($($(#[$cfg:meta])* $name:ident;)*) => {$(
         $(#[$cfg])*
@@ -386,6 +503,10 @@ macro_rules! conformance_suite {
             #[test] fn parent_death() { super::parent_death(S) }
             #[test] fn many_threads_one_pool() { super::many_threads_one_pool(S) }
             #[test] fn init_inside_a_task_is_a_no_op() { super::init_inside_a_task_is_a_no_op(S) }
+            #[test] fn a_worker_that_died_idle_is_replaced_and_nothing_fails() { super::a_worker_that_died_idle_is_replaced_and_nothing_fails(S) }
+            #[test] fn a_dead_workers_error_names_the_item_it_was_running() { super::a_dead_workers_error_names_the_item_it_was_running(S) }
+            #[test] fn only_the_running_batch_uses_a_retry() { super::only_the_running_batch_uses_a_retry(S) }
+            #[test] fn workers_inherit_no_descriptor_of_the_parent() { super::workers_inherit_no_descriptor_of_the_parent(S) }
             #[test] fn default_sigpipe_never_kills_the_program() { super::default_sigpipe_never_kills_the_program(S) }
             #[test] fn no_leaks_after_a_thousand_pools() { super::no_leaks_after_a_thousand_pools(S) }
             #[test] fn ctrl_c_ends_the_program_and_its_workers() { super::ctrl_c_ends_the_program_and_its_workers(S) }
