@@ -74,6 +74,7 @@ pub struct PoolBuilder {
     max_frame: usize,
     startup_timeout: Duration,
     max_tasks_per_child: Option<usize>,
+    max_memory_per_child: Option<u64>,
     initializer: Option<Result<Initializer, Arc<Error>>>,
     task_timeout: Option<Duration>,
     retry_lost_tasks: u32,
@@ -88,6 +89,7 @@ impl Default for PoolBuilder {
             max_frame: DEFAULT_MAX_FRAME,
             startup_timeout: Duration::from_secs(20),
             max_tasks_per_child: None,
+            max_memory_per_child: None,
             initializer: None,
             task_timeout: None,
             retry_lost_tasks: 0,
@@ -131,6 +133,18 @@ impl PoolBuilder {
     /// Zero is refused by [`build`](Self::build).
     pub fn max_tasks_per_child(mut self, items: usize) -> Self {
         self.max_tasks_per_child = Some(items);
+        self
+    }
+
+    /// Replaces a worker by a fresh process, without any error, once its resident
+    /// memory has passed `bytes` after a chunk: a soft limit for tasks that leak or
+    /// fragment memory (loky recycles its workers above 300 MB), beside the hard
+    /// [`memory_limit`](Self::memory_limit). Read from `/proc/<pid>/statm` after each
+    /// reply (one read system call); while a worker is over, nothing more is sent
+    /// ahead to it, and it is replaced once its last chunk is back. Zero is refused
+    /// by [`build`](Self::build).
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.max_memory_per_child = Some(bytes);
         self
     }
 
@@ -206,6 +220,11 @@ impl PoolBuilder {
                 self.max_frame
             )));
         }
+        if self.max_memory_per_child == Some(0) {
+            return Err(Error::InvalidArgument(
+                "max_memory_per_child must be at least 1 byte, got 0".into(),
+            ));
+        }
         if self.max_tasks_per_child == Some(0) {
             return Err(Error::InvalidArgument(
                 "max_tasks_per_child must be at least 1, got 0".into(),
@@ -241,6 +260,7 @@ impl PoolBuilder {
                 startup_timeout: self.startup_timeout,
             },
             max_tasks_per_child: self.max_tasks_per_child,
+            max_memory_per_child: self.max_memory_per_child,
             initializer,
             task_timeout: self.task_timeout,
             retry_lost_tasks: self.retry_lost_tasks,
@@ -474,7 +494,8 @@ impl Pool {
     ///
     /// When a worker is idle and nothing is queued, the calling thread talks to it
     /// directly (no hand-off to a pool thread), so a round trip costs little more
-    /// than the pipe's. Pools with `max_tasks_per_child` or `retry_lost_tasks` always
+    /// than the pipe's. Pools with `max_tasks_per_child`, `max_memory_per_child` or
+    /// `retry_lost_tasks` always
     /// go through the queue, where those options are applied.
     pub fn apply<F, Args>(&self, task: F, args: Args) -> Result<F::Output, Error>
     where

@@ -35,6 +35,8 @@ pub(crate) struct Config {
     pub(crate) transport: &'static dyn Transport,
     pub(crate) link: LinkConfig,
     pub(crate) max_tasks_per_child: Option<usize>,
+    /// Resident bytes after which a worker is replaced (a soft limit).
+    pub(crate) max_memory_per_child: Option<u64>,
     pub(crate) initializer: Option<Initializer>,
     pub(crate) task_timeout: Option<Duration>,
     /// Times a batch lost with a dead worker is run again.
@@ -375,7 +377,11 @@ impl Shared {
     /// when no worker is idle or the pool's options need the driver (worker
     /// recycling, retries): the caller then queues the request as usual.
     pub(crate) fn run_direct(&self, task: &'static str, items: &[u8]) -> Option<Reply> {
-        if self.config.max_tasks_per_child.is_some() || self.config.retry_lost_tasks > 0 {
+        let config = &self.config;
+        if config.max_tasks_per_child.is_some()
+            || config.max_memory_per_child.is_some()
+            || config.retry_lost_tasks > 0
+        {
             return None;
         }
         {

@@ -68,6 +68,10 @@ pub(super) struct Connection {
     progress: Option<sys::ProgressPage>,
     /// The id of the last frame written.
     pub(super) last_sent: u64,
+    /// `/proc/<pid>/statm` of the worker, open when the pool has a soft memory limit.
+    statm: Option<std::fs::File>,
+    /// The worker's resident memory passed the soft limit: replace it once idle.
+    pub(super) over_memory: bool,
 }
 
 impl Connection {
@@ -114,6 +118,10 @@ impl Connection {
             ahead_frame,
             progress,
             last_sent: 0,
+            statm: config
+                .max_memory_per_child
+                .and_then(|_| std::fs::File::open(format!("/proc/{pid}/statm")).ok()),
+            over_memory: false,
         };
         if shared.is_terminating() {
             conn.reap(shared);
@@ -339,6 +347,25 @@ impl Connection {
             other => other,
         };
         (exit, failure)
+    }
+
+    /// After a reply: notes whether the worker's resident memory is over `limit`
+    /// bytes (a worker whose size cannot be read counts as under it).
+    pub(super) fn check_memory(&mut self, limit: u64) {
+        use std::os::unix::fs::FileExt;
+        let Some(statm) = &self.statm else { return };
+        let mut text = [0u8; 128];
+        let Ok(n) = statm.read_at(&mut text, 0) else {
+            return;
+        };
+        let resident_pages = std::str::from_utf8(&text[..n])
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(1))
+            .and_then(|pages| pages.parse::<u64>().ok());
+        if let Some(pages) = resident_pages {
+            let page = rustix::param::page_size() as u64;
+            self.over_memory = pages.saturating_mul(page) > limit;
+        }
     }
 
     /// Once the worker is dead: how far it got in frame `id`. `Some(k)` if it had

@@ -112,11 +112,18 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
         // A frame that could not be written (the worker had gone).
         let mut unsent: Option<Vec<Batch>> = None;
         while in_flight.len() < depth && failure.is_none() {
-            let (items_sent, ahead) = link
+            let (items_sent, ahead, over_memory) = link
                 .as_ref()
                 .and_then(|l| l.as_ref())
-                .map_or((0, 0), |c| (c.items_sent, c.ahead_frame));
-            let allowance = max_items.saturating_sub(items_sent);
+                .map_or((0, 0, false), |c| {
+                    (c.items_sent, c.ahead_frame, c.over_memory)
+                });
+            // A worker to be replaced gets nothing more sent ahead.
+            let allowance = if over_memory {
+                0
+            } else {
+                max_items.saturating_sub(items_sent)
+            };
             let next = if in_flight.is_empty() {
                 link = None;
                 shared.next()
@@ -231,6 +238,9 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
                     group_items = group_size(took, count);
                     busy_since = now;
                     complete(group, conn.pid, outcome);
+                    if let Some(limit) = shared.config.max_memory_per_child {
+                        conn.check_memory(limit);
+                    }
                     if in_flight.is_empty() {
                         shared.set_occupied(&mut occupied, false);
                     }
@@ -266,7 +276,7 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
         if shared.is_terminating() {
             break;
         }
-        if conn.items_done >= max_items
+        if (conn.items_done >= max_items || conn.over_memory)
             && in_flight.is_empty()
             && let Some(held) = link.as_mut()
         {

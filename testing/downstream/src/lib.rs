@@ -85,3 +85,14 @@ pub fn wait_until_dead(pid: u32, limit: std::time::Duration) {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
+
+/// True once process `pid` no longer exists (reaped), within 10 s (a liveness bound).
+pub fn wait_until_gone(pid: u32) -> bool {
+    (0..10_000).any(|_| {
+        let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !gone {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        gone
+    })
+}

@@ -109,6 +109,13 @@ fn crash_once(dir: String, n: u64) -> u64 {
     n * 2
 }
 
+/// Leaks `mib` MiB of touched memory in its worker; returns the worker's pid.
+#[pool_task]
+fn leak(mib: usize) -> u32 {
+    std::hint::black_box(Vec::leak(vec![1u8; mib << 20]));
+    std::process::id()
+}
+
 /// Calls `procpool::init()` again, inside a task.
 #[pool_task]
 fn init_again(n: u64) -> u64 {
@@ -489,6 +496,34 @@ fn workers_inherit_no_descriptor_of_the_parent(s: Setup) {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "eof\n", "{out:?}");
 }
 
+fn a_worker_past_its_soft_memory_limit_is_replaced(s: Setup) {
+    let pool = s
+        .builder()
+        .processes(1)
+        .max_memory_per_child(128 << 20)
+        .build()
+        .unwrap();
+    let first = pool.apply(leak, (40usize,)).unwrap();
+    // Under the limit after 40 MiB (and the program's own few): the same worker
+    // takes the next calls.
+    assert_eq!(pool.apply(leak, (1usize,)).unwrap(), first);
+    assert_eq!(pool.apply(leak, (160usize,)).unwrap(), first);
+    // Past it after 200 MiB: replaced, and no call failed.
+    let second = pool.apply(my_pid, ()).unwrap();
+    assert_ne!(second, first);
+    assert!(!exists(first) || procpool_downstream::wait_until_gone(first));
+    assert_eq!(pool.map(square, 0..1000u64).unwrap()[999], 999 * 999);
+    assert_eq!(
+        pool.apply(my_pid, ()).unwrap(),
+        second,
+        "small tasks keep it"
+    );
+    assert!(matches!(
+        s.builder().max_memory_per_child(0).build(),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
 macro_rules! conformance_suite {
     ($($(#[$cfg:meta])* $name:ident;)*) => {$(
         $(#[$cfg])*
@@ -507,6 +542,7 @@ macro_rules! conformance_suite {
             #[test] fn a_dead_workers_error_names_the_item_it_was_running() { super::a_dead_workers_error_names_the_item_it_was_running(S) }
             #[test] fn only_the_running_batch_uses_a_retry() { super::only_the_running_batch_uses_a_retry(S) }
             #[test] fn workers_inherit_no_descriptor_of_the_parent() { super::workers_inherit_no_descriptor_of_the_parent(S) }
+            #[test] fn a_worker_past_its_soft_memory_limit_is_replaced() { super::a_worker_past_its_soft_memory_limit_is_replaced(S) }
             #[test] fn default_sigpipe_never_kills_the_program() { super::default_sigpipe_never_kills_the_program(S) }
             #[test] fn no_leaks_after_a_thousand_pools() { super::no_leaks_after_a_thousand_pools(S) }
             #[test] fn ctrl_c_ends_the_program_and_its_workers() { super::ctrl_c_ends_the_program_and_its_workers(S) }
