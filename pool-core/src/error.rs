@@ -40,7 +40,10 @@ impl From<std::process::ExitStatus> for WorkerExit {
 ///
 /// Errors that concern one item of a `map` carry the task's registered name and the
 /// item's index in the input, so a failure can be traced back to its input.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone`, so that one failure can be handed to every waiter it concerns (the items
+/// of a chunk, the calls queued on a pool that lost its last worker).
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The function was not marked `#[pool_task]`, or is a closure, or is a
@@ -143,9 +146,15 @@ pub enum Error {
     #[error("protocol error: {0}")]
     Protocol(String),
 
-    /// An operating-system error.
+    /// An operating-system error (shared, so that the error can be cloned).
     #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::sync::Arc<std::io::Error>),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(std::sync::Arc::new(e))
+    }
 }
 
 /// The message of [`Error::NotRegistered`] for the type name `name`.
@@ -200,72 +209,6 @@ impl Error {
     pub(crate) fn protocol(msg: impl Into<String>) -> Self {
         Error::Protocol(msg.into())
     }
-
-    /// A copy of this error, for handing one failure to several waiters.
-    ///
-    /// `std::io::Error` is not `Clone`; its kind and message are kept.
-    pub(crate) fn duplicate(&self) -> Self {
-        match self {
-            Error::NotRegistered { name } => Error::NotRegistered { name: name.clone() },
-            Error::TaskPanicked {
-                task,
-                message,
-                location,
-                index,
-                pid,
-            } => Error::TaskPanicked {
-                task: task.clone(),
-                message: message.clone(),
-                location: location.clone(),
-                index: *index,
-                pid: *pid,
-            },
-            Error::WorkerDied {
-                task,
-                pid,
-                exit,
-                index,
-            } => Error::WorkerDied {
-                task: task.clone(),
-                pid: *pid,
-                exit: *exit,
-                index: *index,
-            },
-            Error::Timeout {
-                task,
-                index,
-                pid,
-                after,
-            } => Error::Timeout {
-                task: task.clone(),
-                index: *index,
-                pid: *pid,
-                after: *after,
-            },
-            Error::InitializerFailed { task, pid, source } => Error::InitializerFailed {
-                task: task.clone(),
-                pid: *pid,
-                source: Box::new(source.duplicate()),
-            },
-            Error::Serialization {
-                task,
-                index,
-                what,
-                message,
-            } => Error::Serialization {
-                task: task.clone(),
-                index: *index,
-                what,
-                message: message.clone(),
-            },
-            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
-            Error::PoolClosed => Error::PoolClosed,
-            Error::NotInitialized(m) => Error::NotInitialized(m.clone()),
-            Error::Startup(m) => Error::Startup(m.clone()),
-            Error::Protocol(m) => Error::Protocol(m.clone()),
-            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -316,9 +259,9 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keeps_variant_and_text() {
-        let e = Error::Io(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "gone"));
-        let d = e.duplicate();
+    fn a_clone_keeps_variant_and_text() {
+        let e = Error::from(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "gone"));
+        let d = e.clone();
         assert!(matches!(&d, Error::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe));
         assert_eq!(e.to_string(), d.to_string());
     }

@@ -75,7 +75,7 @@ pub struct PoolBuilder {
     startup_timeout: Duration,
     max_tasks_per_child: Option<usize>,
     max_memory_per_child: Option<u64>,
-    initializer: Option<Result<Initializer, Arc<Error>>>,
+    initializer: Option<Result<Initializer, Error>>,
     task_timeout: Option<Duration>,
     retry_lost_tasks: u32,
     memory_limit: Option<u64>,
@@ -170,7 +170,7 @@ impl PoolBuilder {
                 payload,
             })
         });
-        self.initializer = Some(spec.map_err(Arc::new));
+        self.initializer = Some(spec);
         self
     }
 
@@ -238,7 +238,7 @@ impl PoolBuilder {
         let initializer = match self.initializer {
             None => None,
             Some(Ok(init)) => Some(init),
-            Some(Err(e)) => return Err(e.duplicate()),
+            Some(Err(e)) => return Err(e),
         };
         if self.startup_timeout.is_zero() {
             return Err(Error::InvalidArgument(

@@ -121,7 +121,7 @@ pub(crate) fn decode_reply<R: DeserializeOwned>(
         Ok(frame) => frame,
         Err(e) => {
             for index in first..first + count {
-                failed(index, e.duplicate());
+                failed(index, e.clone());
             }
             return None;
         }

@@ -206,7 +206,7 @@ impl ResultFrame {
         let mut short: Option<Error> = None;
         for batch in batches {
             if let Some(e) = &short {
-                deliver(batch, Err(e.duplicate()));
+                deliver(batch, Err(e.clone()));
                 continue;
             }
             let n = count(&batch);
@@ -330,12 +330,7 @@ impl Shared {
         let refused = if state.closed || self.is_terminating() {
             Some(Error::PoolClosed)
         } else if state.running == 0 {
-            Some(
-                state
-                    .fatal
-                    .as_ref()
-                    .map_or(Error::PoolClosed, Error::duplicate),
-            )
+            Some(state.fatal.as_ref().map_or(Error::PoolClosed, Error::clone))
         } else {
             None
         };
@@ -616,21 +611,18 @@ impl Shared {
             let mut state = lock(&self.state);
             state.running = state.running.saturating_sub(1);
             if let Some(e) = &why {
-                state.fatal = Some(e.duplicate());
+                state.fatal = Some(e.clone());
             }
             let dropped = if state.running == 0 {
                 std::mem::take(&mut state.queue)
             } else {
                 VecDeque::new()
             };
-            let error = state
-                .fatal
-                .as_ref()
-                .map_or(Error::PoolClosed, Error::duplicate);
+            let error = state.fatal.as_ref().map_or(Error::PoolClosed, Error::clone);
             (dropped, error)
         };
         for batch in dropped {
-            batch.complete(0, Err(error.duplicate()));
+            batch.complete(0, Err(error.clone()));
         }
     }
 }

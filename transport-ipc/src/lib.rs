@@ -199,8 +199,8 @@ fn random_secret() -> Result<String, Error> {
 
 fn ipc_error(e: IpcError) -> Error {
     match e {
-        IpcError::Io(io) => Error::Io(io),
-        IpcError::Disconnected => Error::Io(std::io::ErrorKind::BrokenPipe.into()),
+        IpcError::Io(io) => Error::from(io),
+        IpcError::Disconnected => Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
         IpcError::SerializationError(e) => Error::Protocol(format!("malformed ipc message: {e}")),
     }
 }
@@ -297,7 +297,9 @@ fn dead_link(outcome: Received) -> Link {
     struct Nowhere;
     impl FrameSender for Nowhere {
         fn send(&mut self, _: &[&[u8]]) -> Result<(), Error> {
-            Err(Error::Io(std::io::ErrorKind::BrokenPipe.into()))
+            Err(Error::from(std::io::Error::from(
+                std::io::ErrorKind::BrokenPipe,
+            )))
         }
     }
     struct Dead(Received);

@@ -58,7 +58,7 @@ pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32
             *lock(&shared.links[slot]) = Some(conn);
         }
         Err(e) => {
-            let _ = started.send(Err(e.duplicate()));
+            let _ = started.send(Err(e.clone()));
             shared.set_occupied(&mut false, true);
             shared.driver_exit(Some(e));
             return;
@@ -168,7 +168,7 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
                 let error =
                     chunk_too_large(task, group[0].first_index, payload, shared.max_chunk());
                 for batch in group {
-                    batch.complete(conn.pid, Err(error.duplicate()));
+                    batch.complete(conn.pid, Err(error.clone()));
                 }
                 if in_flight.is_empty() {
                     shared.set_occupied(&mut occupied, false);
@@ -315,7 +315,7 @@ fn complete(mut group: Vec<Batch>, pid: u32, outcome: Result<ResultFrame, Error>
         Ok(frame) => frame.share_out(group, |b| b.count, |batch, part| batch.complete(pid, part)),
         Err(e) => {
             for batch in group {
-                batch.complete(pid, Err(e.duplicate()));
+                batch.complete(pid, Err(e.clone()));
             }
         }
     }
