@@ -249,11 +249,14 @@ fn a_worker_that_exits_or_aborts_is_reported_and_replaced() {
 fn a_worker_killed_from_outside_is_reported() {
     let pool = std::sync::Arc::new(Pool::new(1).unwrap());
     let victim = pool.pids()[0];
+    let started = crate::support::marker("killed-from-outside");
     let caller = {
         let pool = std::sync::Arc::clone(&pool);
-        std::thread::spawn(move || pool.map_chunked(linger, [10u64, 10, 60_000, 10], 1))
+        let mark = Some(started.to_string_lossy().into_owned());
+        let items = [(10u64, None), (10, None), (60_000, mark), (10, None)];
+        std::thread::spawn(move || pool.starmap_chunked(crate::support::nap_marked, items, 1))
     };
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    crate::support::wait_for(&started); // item 2 is running
     let pid = rustix::process::Pid::from_raw(victim as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
     let err = caller.join().unwrap().unwrap_err();

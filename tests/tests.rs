@@ -10,3 +10,4 @@ mod protocol;
 mod python_api;
 mod reliability;
 mod robustness;
+mod support;
