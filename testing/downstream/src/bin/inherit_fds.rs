@@ -16,6 +16,11 @@ fn square(n: u64) -> u64 {
 
 #[procpool::main]
 fn main() -> Result<(), procpool::Error> {
+    // Descriptors 3 to 6 taken first (close-on-exec, as std opens them), so that the
+    // pipe lands above the ones a worker gets from the pool.
+    let _low: Vec<File> = (0..4)
+        .map(|_| File::open("/dev/null"))
+        .collect::<Result<_, _>>()?;
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe() writes.
     #[allow(unsafe_code)]
