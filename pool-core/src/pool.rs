@@ -266,7 +266,7 @@ impl PoolBuilder {
             retry_lost_tasks: self.retry_lost_tasks,
             batch_drivers: crate::sys::caller_scheduled_normally(),
             memory_limit: self.memory_limit,
-            secret: runtime::random_secret()?,
+            secret: crate::transport::random_secret()?,
         }));
         let pool = Pool {
             shared: Arc::clone(&shared),

@@ -172,14 +172,6 @@ pub(crate) fn transports() -> Result<&'static [&'static dyn Transport], Error> {
     ))
 }
 
-/// 128 random bits from the kernel, for per-pool secrets.
-pub(crate) fn random_secret() -> Result<u128, Error> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(u128::from_le_bytes(bytes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

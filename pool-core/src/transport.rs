@@ -46,6 +46,37 @@ pub fn watch(spin: Duration, mut look: impl FnMut() -> Result<bool, Error>) -> R
     }
 }
 
+/// Refuses a frame of `len` bytes that a sender is about to send over a link whose
+/// cap is `max_frame`, before anything is written.
+pub fn check_outgoing(len: usize, max_frame: usize) -> Result<(), Error> {
+    if len > max_frame {
+        return Err(Error::Protocol(format!(
+            "refusing to send a frame of {len} bytes: the limit is {max_frame}"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a frame announced (or found) to be `len` bytes long on a link whose cap
+/// is `max_frame`, before anything is allocated for it.
+pub fn check_incoming(len: usize, max_frame: usize) -> Result<(), Error> {
+    if len > max_frame {
+        return Err(Error::Protocol(format!(
+            "frame announces {len} bytes, over the limit of {max_frame}"
+        )));
+    }
+    Ok(())
+}
+
+/// 128 random bits from the kernel: the per-pool secret of the handshake, and what
+/// a transport's bootstrap needs to tell its workers from strangers.
+pub fn random_secret() -> Result<u128, Error> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(u128::from_le_bytes(bytes))
+}
+
 /// What [`FrameReceiver::recv`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Received {

@@ -12,15 +12,13 @@
 //! Use it through the `procpool` facade (feature `ipc`, `Transport::Ipc`).
 #![deny(unsafe_code)]
 
-use std::fmt::Write as _;
-use std::io::Read;
 use std::process::{Child, Command};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{self, IpcOneShotServer, IpcReceiver, IpcSender, IpcSharedMemory};
 use ipc_channel::{IpcError, TryRecvError};
-use procpool_core::transport::watch;
+use procpool_core::transport::{check_incoming, check_outgoing, watch};
 use procpool_core::{Error, FrameReceiver, FrameSender, Link, LinkConfig, Received, Transport};
 use serde::{Deserialize, Serialize};
 
@@ -186,15 +184,12 @@ fn new_server() -> Result<(IpcOneShotServer<Bootstrap>, String), Error> {
     Ok((server, name))
 }
 
-/// 16 random bytes from the kernel, as hex.
+/// A random worker secret, as hex.
 fn random_secret() -> Result<String, Error> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let mut hex = String::with_capacity(32);
-    for b in bytes {
-        let _ = write!(hex, "{b:02x}");
-    }
-    Ok(hex)
+    Ok(format!(
+        "{:032x}",
+        procpool_core::transport::random_secret()?
+    ))
 }
 
 fn ipc_error(e: IpcError) -> Error {
@@ -214,12 +209,7 @@ struct IpcFrameSender {
 impl FrameSender for IpcFrameSender {
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), Error> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        if len > self.max_frame {
-            return Err(Error::Protocol(format!(
-                "refusing to send a frame of {len} bytes: the limit is {}",
-                self.max_frame
-            )));
-        }
+        check_outgoing(len, self.max_frame)?;
         let wire = if len >= SHARED_MEMORY_THRESHOLD && parts.len() == 1 {
             Wire::Shared(IpcSharedMemory::from_bytes(parts[0]))
         } else {
@@ -261,12 +251,7 @@ impl FrameReceiver for IpcFrameReceiver {
             Wire::Inline(v) => v.len(),
             Wire::Shared(m) => m.len(),
         };
-        if len > self.max_frame {
-            return Err(Error::Protocol(format!(
-                "frame of {len} bytes, over the limit of {}",
-                self.max_frame
-            )));
-        }
+        check_incoming(len, self.max_frame)?;
         match wire {
             Wire::Inline(v) => *buf = v,
             Wire::Shared(m) => {

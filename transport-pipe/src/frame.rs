@@ -6,6 +6,7 @@
 
 use std::io::{self, BufRead, Write};
 
+use procpool_core::transport::{check_incoming, check_outgoing};
 use procpool_core::{Error, Received};
 
 /// Bytes of the length prefix.
@@ -17,11 +18,7 @@ const RESERVE_AHEAD: usize = 1 << 20;
 /// Writes one frame made of `parts` and flushes.
 pub fn write_frame<W: Write>(w: &mut W, parts: &[&[u8]], max_frame: usize) -> Result<(), Error> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    if len > max_frame {
-        return Err(Error::Protocol(format!(
-            "refusing to send a frame of {len} bytes: the limit is {max_frame}"
-        )));
-    }
+    check_outgoing(len, max_frame)?;
     let prefix = u32::try_from(len)
         .map_err(|_| Error::Protocol(format!("frame of {len} bytes does not fit a u32 length")))?;
     w.write_all(&prefix.to_le_bytes())?;
@@ -57,11 +54,7 @@ pub fn read_frame<R: BufRead>(
         }
     }
     let len = u32::from_le_bytes(prefix) as usize;
-    if len > max_frame {
-        return Err(Error::Protocol(format!(
-            "frame announces {len} bytes, over the limit of {max_frame}"
-        )));
-    }
+    check_incoming(len, max_frame)?;
     // Grow geometrically as bytes arrive, never past the announced length: a lying
     // prefix costs at most twice what was actually sent, and never more than the cap.
     // (Zeroing the new room and reading into it beats `read_to_end`'s small probing
