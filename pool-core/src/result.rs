@@ -41,6 +41,9 @@ type ProgressFn = Box<dyn FnMut(Progress) + Send>;
 /// The callback that does not run is dropped when the call completes, releasing what
 /// it captured.
 ///
+/// Those threads keep `SIGPIPE` blocked (a write to a closed pipe there is an
+/// `EPIPE` error, never the signal), and threads they start inherit that mask.
+///
 /// Those threads are scheduled as `SCHED_BATCH` when the pool was built by a normally
 /// scheduled thread (their wake-ups do not preempt others; same CPU share), and a
 /// thread or process started from a callback inherits that policy. A pool built in a

@@ -106,6 +106,35 @@ pub(crate) fn schedule_as_batch() {
     }
 }
 
+thread_local! {
+    /// This thread keeps `SIGPIPE` blocked (a pool's driver): see [`block_sigpipe`].
+    static SIGPIPE_BLOCKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Blocks `SIGPIPE` in the calling thread for good: a pool's driver threads write
+/// to workers that may have died, and a write to a closed pipe must be an `EPIPE`
+/// error there, never a signal that ends a program whose disposition is the default.
+/// A signal such a write raises stays pending on the thread, blocked, and is
+/// discarded with the thread. Transports skip their own guard on such threads
+/// ([`sigpipe_blocked`]).
+pub(crate) fn block_sigpipe() {
+    // SAFETY: an all-zero sigset_t is valid storage for sigemptyset to initialise.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live sigset_t; SIGPIPE is a valid signal; blocking a signal
+    // in the calling thread touches no memory of ours but the sets passed.
+    let blocked = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    } == 0;
+    SIGPIPE_BLOCKED.with(|flag| flag.set(blocked));
+}
+
+/// Whether the calling thread is one of procpool's own that keep `SIGPIPE` blocked.
+pub(crate) fn sigpipe_blocked() -> bool {
+    SIGPIPE_BLOCKED.with(Cell::get)
+}
+
 /// The descriptor on which a worker finds its progress page.
 pub(crate) const PROGRESS_FD: RawFd = 5;
 

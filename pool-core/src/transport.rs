@@ -77,6 +77,15 @@ pub fn random_secret() -> Result<u128, Error> {
     Ok(u128::from_le_bytes(bytes))
 }
 
+/// Whether the calling thread keeps `SIGPIPE` blocked for good: true on a pool's
+/// driver threads, which block it when they start. A transport whose writes can
+/// raise `SIGPIPE` (a pipe whose reader died) must block it around writes made on
+/// any other thread — an `apply` writes from the caller's own thread — so that a
+/// program with the default disposition is never killed by a dead worker.
+pub fn sigpipe_blocked() -> bool {
+    crate::sys::sigpipe_blocked()
+}
+
 /// What [`FrameReceiver::recv`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Received {

@@ -5,10 +5,11 @@
 //! descriptors 3 (requests) and 4 (replies): the worker's stdin is `/dev/null`, and its
 //! stdout and stderr stay the user's, so a task may `println!`. Frames are written
 //! through a buffer and flushed once per frame; each starts with a little-endian
-//! `u32` length checked against the frame cap before anything is allocated. Writes
-//! block `SIGPIPE` in the writing thread: a worker that died makes the next write
-//! fail with `EPIPE` (the pool reports the worker's death), whatever the program's
-//! disposition of `SIGPIPE`.
+//! `u32` length checked against the frame cap before anything is allocated. A write
+//! to a worker that died fails with `EPIPE` (the pool reports the worker's death),
+//! whatever the program's disposition of `SIGPIPE`: the pool's driver threads keep
+//! the signal blocked, and a write from another thread (`apply`'s direct path)
+//! blocks it around the write.
 //!
 //! Use it through the `procpool` facade (feature `pipe`, on by default).
 #![deny(unsafe_code)]
@@ -22,7 +23,7 @@ use std::os::fd::OwnedFd;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use procpool_core::transport::watch;
+use procpool_core::transport::{sigpipe_blocked, watch};
 use procpool_core::{Error, FrameReceiver, FrameSender, Link, LinkConfig, Received, Transport};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::{Errno, fcntl_dupfd_cloexec};
@@ -63,7 +64,7 @@ impl Transport for PipeTransport {
         );
         let child = command.spawn()?;
         drop((child_read, child_write));
-        Ok((child, link(from_worker_r, to_worker_w, config)))
+        Ok((child, link(from_worker_r, to_worker_w, config, false)))
     }
 
     fn connect(&self, config: LinkConfig) -> Result<Link, Error> {
@@ -74,11 +75,11 @@ impl Transport for PipeTransport {
             )));
         }
         let (read, write) = sys::adopt_worker_fds()?;
-        Ok(link(read, write, config))
+        Ok(link(read, write, config, true))
     }
 }
 
-fn link(read: OwnedFd, write: OwnedFd, config: LinkConfig) -> Link {
+fn link(read: OwnedFd, write: OwnedFd, config: LinkConfig, in_worker: bool) -> Link {
     // A pipe holds 64 KiB, unless the user has more pipe pages than
     // `pipe-user-pages-soft` allows: then new pipes get one or two pages.
     let capacity = fcntl_getpipe_size(&write).unwrap_or(4096);
@@ -87,6 +88,7 @@ fn link(read: OwnedFd, write: OwnedFd, config: LinkConfig) -> Link {
             writer: Some(BufWriter::with_capacity(BUFFER, File::from(write))),
             max_frame: config.max_frame,
             capacity,
+            in_worker,
         }),
         receiver: Box::new(PipeReceiver {
             reader: BufReader::with_capacity(BUFFER, File::from(read)),
@@ -103,6 +105,8 @@ struct PipeSender {
     max_frame: usize,
     /// The pipe's buffer, in bytes.
     capacity: usize,
+    /// The worker's end of the link (writes need no `SIGPIPE` guard).
+    in_worker: bool,
 }
 
 impl FrameSender for PipeSender {
@@ -112,7 +116,15 @@ impl FrameSender for PipeSender {
             .writer
             .as_mut()
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
-        sys::without_sigpipe(|| frame::write_frame(writer, parts, self.max_frame))
+        let max_frame = self.max_frame;
+        let mut write = || frame::write_frame(writer, parts, max_frame);
+        // A worker's writes need no guard: if its pool is gone, it ends either way.
+        // Nor do a pool's driver threads, which keep SIGPIPE blocked.
+        if self.in_worker || sigpipe_blocked() {
+            write()
+        } else {
+            sys::without_sigpipe(write)
+        }
     }
 
     fn capacity(&self) -> usize {
@@ -199,6 +211,7 @@ mod tests {
             writer: Some(BufWriter::new(File::from(write))),
             max_frame: 1024,
             capacity: 4096,
+            in_worker: false,
         };
         let mut receiver = PipeReceiver {
             reader: BufReader::new(File::from(read)),

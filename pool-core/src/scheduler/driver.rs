@@ -49,6 +49,7 @@ const GROUP_MAX_ITEMS: usize = 4096;
 /// `started`, then serves the queue until the pool closes.
 pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32, Error>>) {
     super::DRIVER_OF.with(|pool| pool.set(Arc::as_ptr(&shared) as usize));
+    crate::sys::block_sigpipe();
     if shared.config.batch_drivers {
         crate::sys::schedule_as_batch();
     }
