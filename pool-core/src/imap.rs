@@ -4,7 +4,6 @@ use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -97,11 +96,123 @@ enum Msg<R> {
     Ended { read: usize, error: Option<Error> },
 }
 
+impl<R> Msg<R> {
+    /// Whether this is what a consumer waiting for `want` waits for.
+    fn answers(&self, want: Want) -> bool {
+        match (self, want) {
+            (Msg::Chunk(first, _), Want::Chunk(wanted)) => *first == wanted,
+            _ => true,
+        }
+    }
+}
+
+/// What the consumer waits for.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// Any chunk (completion order), or the end.
+    Any,
+    /// The chunk starting at this index (input order: the ones after it cannot be
+    /// handed out before it), or the end.
+    Chunk(usize),
+}
+
+/// Where the results of an [`Imap`] arrive: the pool threads' decoders and the
+/// feeder put messages in, the consumer takes them all out at once. A message wakes
+/// the consumer only if it is what the consumer waits for (a notify is a system
+/// call, and a woken consumer with nothing to do only sleeps again): in input
+/// order, a chunk that comes early does not.
+struct Inbox<R> {
+    mailbox: Mutex<Mailbox<R>>,
+    arrived: Condvar,
+}
+
+/// The messages of an [`Inbox`] not yet taken.
+struct Mailbox<R> {
+    /// In the order they came.
+    messages: Vec<Msg<R>>,
+    /// What the consumer waits for, while it waits and nothing has answered it.
+    waiting: Option<Want>,
+    /// The stream was dropped: what comes is dropped at once.
+    closed: bool,
+}
+
+impl<R> Inbox<R> {
+    /// An empty inbox.
+    fn new() -> Self {
+        Inbox {
+            mailbox: Mutex::new(Mailbox {
+                messages: Vec::new(),
+                waiting: None,
+                closed: false,
+            }),
+            arrived: Condvar::new(),
+        }
+    }
+
+    /// Leaves `message`, waking the consumer if it waits for it.
+    fn put(&self, message: Msg<R>) {
+        let mut mailbox = lock(&self.mailbox);
+        if mailbox.closed {
+            drop(mailbox);
+            drop(message);
+            return;
+        }
+        let wake = mailbox.waiting.is_some_and(|want| message.answers(want));
+        mailbox.messages.push(message);
+        if wake {
+            mailbox.waiting = None; // one call is enough
+            drop(mailbox);
+            self.arrived.notify_one();
+        }
+    }
+
+    /// Waits until what the consumer `want`s has arrived, or until `deadline`, then
+    /// moves every message that arrived into `into`. `false` if the deadline came
+    /// first.
+    fn take(&self, want: Want, deadline: Option<Instant>, into: &mut Vec<Msg<R>>) -> bool {
+        let mut mailbox = lock(&self.mailbox);
+        let mut in_time = true;
+        while !mailbox.messages.iter().any(|m| m.answers(want)) {
+            mailbox.waiting = Some(want);
+            mailbox = match deadline {
+                None => self
+                    .arrived
+                    .wait(mailbox)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        in_time = false;
+                        break;
+                    }
+                    match self.arrived.wait_timeout(mailbox, left) {
+                        Ok((mailbox, _)) => mailbox,
+                        Err(poisoned) => poisoned.into_inner().0,
+                    }
+                }
+            };
+        }
+        mailbox.waiting = None;
+        into.append(&mut mailbox.messages);
+        in_time
+    }
+
+    /// The stream is dropped: the messages waiting, and those to come, go.
+    fn close(&self) {
+        let messages = {
+            let mut mailbox = lock(&self.mailbox);
+            mailbox.closed = true;
+            std::mem::take(&mut mailbox.messages)
+        };
+        drop(messages);
+    }
+}
+
 /// Decodes replies on the pool thread that received them, so the consumer only
 /// moves finished values.
 struct Decoder<R> {
     task: &'static str,
-    chunks: Sender<Msg<R>>,
+    inbox: Arc<Inbox<R>>,
 }
 
 impl<R: DeserializeOwned + Send> ReplySink for Decoder<R> {
@@ -116,9 +227,8 @@ impl<R: DeserializeOwned + Send> ReplySink for Decoder<R> {
             |value| values.push(value),
             |index, e| errors.push_back((index - first, e)),
         );
-        let _ = self
-            .chunks
-            .send(Msg::Chunk(first, Decoded::new(values, errors, len)));
+        self.inbox
+            .put(Msg::Chunk(first, Decoded::new(values, errors, len)));
         read
     }
 }
@@ -190,7 +300,9 @@ pub struct Imap<R> {
     link: Arc<Link>,
     /// `None` once dropped.
     feeder: Option<JoinHandle<()>>,
-    replies: Receiver<Msg<R>>,
+    inbox: Arc<Inbox<R>>,
+    /// Messages taken from the inbox, to look at (kept for its allocation).
+    arrived: Vec<Msg<R>>,
     /// Items handed to the consumer in the chunks before `current` (see
     /// [`Imap::yielded`]).
     yielded_before: usize,
@@ -264,7 +376,7 @@ struct Feeder<R> {
     /// The stream's [`Decoder`], in each batch.
     sink: Arc<dyn ReplySink>,
     /// Where the end of the input is told.
-    replies: Sender<Msg<R>>,
+    inbox: Arc<Inbox<R>>,
     link: Arc<Link>,
     /// Items submitted.
     read: usize,
@@ -337,7 +449,7 @@ impl<R: Send + 'static> Feeder<R> {
             }
         };
         self.told = true;
-        let _ = self.replies.send(Msg::Ended {
+        self.inbox.put(Msg::Ended {
             read: self.read,
             error,
         });
@@ -386,7 +498,7 @@ impl<R> Drop for Feeder<R> {
     /// still tells the consumer, which would otherwise wait for ever.
     fn drop(&mut self) {
         if !self.told && !self.link.stop.load(Ordering::Relaxed) {
-            let _ = self.replies.send(Msg::Ended {
+            self.inbox.put(Msg::Ended {
                 read: self.read,
                 error: Some(Error::protocol("the input feeder of imap stopped early")),
             });
@@ -431,7 +543,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
         chunksize: usize,
         ordered: bool,
     ) -> Result<Self, Error> {
-        let (tx, replies) = mpsc::channel();
+        let inbox = Arc::new(Inbox::new());
         let ahead = CHUNKS_PER_WORKER
             .saturating_mul(shared.config.processes)
             .saturating_mul(chunksize);
@@ -454,9 +566,9 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
             job: Arc::clone(&job),
             sink: Arc::new(Decoder {
                 task,
-                chunks: tx.clone(),
+                inbox: Arc::clone(&inbox),
             }),
-            replies: tx,
+            inbox: Arc::clone(&inbox),
             link: Arc::clone(&link),
             read: 0,
             told: false,
@@ -471,7 +583,8 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
             job,
             link,
             feeder: Some(feeder),
-            replies,
+            inbox,
+            arrived: Vec::new(),
             yielded_before: 0,
             received: 0,
             end: None,
@@ -570,6 +683,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
     /// `deadline` (and its timeout) if given.
     #[inline(never)]
     fn next_chunk(&mut self, deadline: Option<(Instant, Duration)>) -> Option<Result<R, Error>> {
+        let mut timed_out = false;
         loop {
             if let Some(item) = self.current.next() {
                 return Some(item);
@@ -586,34 +700,29 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
             }
             // Everything received is handed out: the feeder must not wait for it.
             self.link.publish(self.yielded());
+            if timed_out {
+                return Some(Err(Error::Timeout {
+                    task: Some(self.task.to_owned()),
+                    index: self.ordered.then_some(self.yielded()),
+                    pid: None,
+                    after: deadline.map_or(Duration::ZERO, |(_, after)| after),
+                }));
+            }
             // Every submitted chunk answers exactly once (run, failed or dropped),
-            // and the feeder says where the input ended (see `Drop for Feeder`), so
-            // this disconnects only after that.
-            let message = match deadline {
-                None => self.replies.recv().ok(),
-                Some((at, after)) => {
-                    match self
-                        .replies
-                        .recv_timeout(at.saturating_duration_since(Instant::now()))
-                    {
-                        Ok(message) => Some(message),
-                        Err(RecvTimeoutError::Timeout) => {
-                            return Some(Err(Error::Timeout {
-                                task: Some(self.task.to_owned()),
-                                index: self.ordered.then_some(self.yielded()),
-                                pid: None,
-                                after,
-                            }));
-                        }
-                        Err(RecvTimeoutError::Disconnected) => None,
-                    }
-                }
+            // and the feeder says where the input ended: what is waited for comes.
+            let want = if self.ordered {
+                Want::Chunk(self.next_expected)
+            } else {
+                Want::Any
             };
-            let message = message.unwrap_or_else(|| Msg::Ended {
-                read: self.received,
-                error: Some(Error::protocol("the input feeder of imap stopped unheard")),
-            });
-            self.receive(message);
+            let mut arrived = std::mem::take(&mut self.arrived);
+            timed_out = !self
+                .inbox
+                .take(want, deadline.map(|(at, _)| at), &mut arrived);
+            for message in arrived.drain(..) {
+                self.receive(message);
+            }
+            self.arrived = arrived;
         }
     }
 }
@@ -636,6 +745,7 @@ impl<R> Imap<R> {
 impl<R> Drop for Imap<R> {
     fn drop(&mut self) {
         self.job.cancel();
+        self.inbox.close();
         let link = &*self.link;
         link.stop.store(true, Ordering::SeqCst);
         {
@@ -707,5 +817,55 @@ mod tests {
         let only_errors: Decoded<u8> =
             Decoded::new(Vec::new(), VecDeque::from([(0, Error::PoolClosed)]), 1);
         assert_eq!(only_errors.filter(Result::is_err).count(), 1);
+    }
+
+    fn chunk(first: usize) -> Msg<u8> {
+        Msg::Chunk(first, Decoded::new(vec![1], VecDeque::new(), 1))
+    }
+
+    fn firsts(messages: &[Msg<u8>]) -> Vec<Option<usize>> {
+        messages
+            .iter()
+            .map(|m| match m {
+                Msg::Chunk(first, _) => Some(*first),
+                Msg::Ended { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_inbox_waits_for_the_wanted_chunk_and_hands_over_all_that_came() {
+        let inbox = Arc::new(Inbox::new());
+        let mut got = Vec::new();
+        // An early chunk does not answer a wait for chunk 0: past the deadline,
+        // what came is handed over anyway.
+        inbox.put(chunk(3));
+        assert!(!inbox.take(Want::Chunk(0), Some(Instant::now()), &mut got));
+        assert_eq!(firsts(&got), [Some(3)]);
+        got.clear();
+        // From another thread: the early chunk first, then the wanted one, which
+        // wakes the wait (a liveness bound of 60 s, not a timing claim).
+        let other = Arc::clone(&inbox);
+        let putter = std::thread::spawn(move || {
+            other.put(chunk(1));
+            other.put(chunk(0));
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        assert!(inbox.take(Want::Chunk(0), Some(deadline), &mut got));
+        putter.join().unwrap();
+        inbox.take(Want::Any, Some(Instant::now()), &mut got);
+        assert_eq!(firsts(&got), [Some(1), Some(0)]);
+        got.clear();
+        // The end answers any wait; after `close`, what comes is dropped.
+        inbox.put(Msg::Ended {
+            read: 2,
+            error: None,
+        });
+        assert!(inbox.take(Want::Chunk(2), None, &mut got));
+        assert_eq!(firsts(&got), [None]);
+        inbox.close();
+        inbox.put(chunk(2));
+        assert!(!inbox.take(Want::Any, Some(Instant::now()), &mut got));
+        assert_eq!(got.len(), 1);
     }
 }
