@@ -228,12 +228,115 @@ fn imap_reads_its_input_lazily_in_bounded_memory() {
         worst <= bound,
         "read {worst} items ahead of the consumer, bound {bound}"
     );
-    assert_eq!(stream.items_read(), created.load(Ordering::Relaxed));
+    // The feeder thread reads on meanwhile: `items_read` is a moment's count, from
+    // what was consumed to what the input handed out.
+    let read = stream.items_read();
+    assert!(
+        consumed <= read && read <= created.load(Ordering::Relaxed),
+        "{consumed} consumed, {read} read"
+    );
     drop(stream);
     assert!(
         created.load(Ordering::Relaxed) < 200_000,
         "50 million items were not read"
     );
+    // Once the stream has ended, the count is the input's length.
+    let mut stream = pool.imap_chunked(square, 0..1_234u64, 100).unwrap();
+    assert_eq!(stream.by_ref().count(), 1_234);
+    assert_eq!(stream.items_read(), 1_234);
+}
+
+#[test]
+fn a_panic_in_the_input_of_imap_ends_the_stream_with_an_error() {
+    let pool = Pool::new(2).unwrap();
+    for chunk in [1, 4] {
+        let input = (0..100u64).inspect(|x| assert!(*x != 6, "no input at {x}"));
+        // On the consumer's thread the panic would end the test: it is an error.
+        let got: Vec<Result<u64, Error>> =
+            pool.imap_chunked(square, input, chunk).unwrap().collect();
+        assert_eq!(got.len(), 7, "chunksize {chunk}: {got:?}");
+        for (i, r) in got.iter().take(6).enumerate() {
+            assert_eq!(*r.as_ref().unwrap(), (i * i) as u64, "chunksize {chunk}");
+        }
+        assert!(
+            matches!(&got[6], Err(Error::InvalidArgument(m))
+                if m == "the input iterator of imap panicked: no input at 6"),
+            "chunksize {chunk}: {:?}",
+            got[6]
+        );
+    }
+    assert_eq!(pool.map(square, [3u64]).unwrap(), [9], "the pool goes on");
+}
+
+/// An input that counts the items it hands out and says when it is dropped.
+struct Watched {
+    items: Option<std::sync::mpsc::IntoIter<u64>>,
+    taken: Arc<AtomicUsize>,
+    dropped: std::sync::mpsc::Sender<()>,
+}
+
+impl Iterator for Watched {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        let item = self.items.as_mut()?.next()?;
+        self.taken.fetch_add(1, Ordering::SeqCst);
+        Some(item)
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.items = None; // the receiver first, then the word
+        let _ = self.dropped.send(());
+    }
+}
+
+#[test]
+fn dropping_an_imap_stops_its_feeder_even_while_the_input_waits() {
+    let pool = Pool::new(1).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let (dropped_tx, dropped) = std::sync::mpsc::channel();
+    let taken = Arc::new(AtomicUsize::new(0));
+    let input = Watched {
+        items: Some(rx.into_iter()),
+        taken: Arc::clone(&taken),
+        dropped: dropped_tx,
+    };
+    tx.send(3).unwrap();
+    let mut stream = pool.imap(square, input).unwrap();
+    assert_eq!(stream.next().unwrap().unwrap(), 9);
+    // The feeder waits in the input's `next()`: the drop does not wait for it.
+    drop(stream);
+    assert_eq!(taken.load(Ordering::SeqCst), 1);
+    // The next item wakes it: it sees the stream gone, reads no further and drops
+    // its input (a liveness bound of 60 s, not a timing claim).
+    tx.send(4).unwrap();
+    dropped
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the input was dropped");
+    assert_eq!(taken.load(Ordering::SeqCst), 2);
+    assert!(tx.send(5).is_err(), "the input's receiver is gone");
+
+    // An endless input that never waits: the drop joins the feeder, or leaves it
+    // at most one item to end by itself; either way the input is dropped.
+    let (dropped_tx, dropped) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    for k in 0..10_000 {
+        tx.send(k).unwrap();
+    }
+    let input = Watched {
+        items: Some(rx.into_iter()),
+        taken: Arc::new(AtomicUsize::new(0)),
+        dropped: dropped_tx,
+    };
+    let mut stream = pool.imap_chunked(square, input, 10).unwrap();
+    assert_eq!(stream.next().unwrap().unwrap(), 0);
+    drop(stream);
+    dropped
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the input was dropped");
+    assert!(tx.send(0).is_err(), "the input's receiver is gone");
 }
 
 #[test]

@@ -19,7 +19,7 @@ const PIECE_BYTES: usize = 128 * 1024;
 use encode::{check_chunksize, chunk_too_large, default_chunksize, push_argument};
 
 use crate::error::Error;
-use crate::imap::{Filled, Imap, Source};
+use crate::imap::{Fill, Imap, Source};
 use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::registry::{self, TaskEntry};
 use crate::result::{AsyncResult, Callbacks, Collector, Progress, decode_reply};
@@ -841,40 +841,35 @@ impl Pool {
         let total = (high == Some(low)).then_some(low);
         let mut index = 0usize;
         let task = entry.name();
-        let source: Source = Box::new(move |buf: &mut Vec<u8>, max: u32| {
-            let mut count = 0;
-            while count < max {
+        // Runs on the stream's feeder thread; `fill` says how far it got, even if
+        // the input panics.
+        let source: Source = Box::new(move |fill: &mut Fill<'_>| {
+            while fill.count < fill.max {
+                if fill.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
                 let Some(item) = items.next() else {
-                    return Filled {
-                        count,
-                        ended: true,
-                        error: None,
-                    };
+                    fill.ended = true;
+                    return;
                 };
-                if let Err(e) = push_argument(buf, entry, index, item.borrow()) {
-                    return Filled {
-                        count,
-                        ended: true,
-                        error: Some(e),
-                    };
+                if let Err(e) = push_argument(&mut fill.buf, entry, index, item.borrow()) {
+                    fill.ended = true;
+                    fill.error = Some(e);
+                    return;
                 }
                 index += 1;
-                count += 1;
-            }
-            Filled {
-                count,
-                ended: false,
-                error: None,
+                fill.count += 1;
+                fill.end = fill.buf.len();
             }
         });
-        Ok(Imap::new(
+        Imap::new(
             Arc::clone(&self.shared),
             task,
             source,
             total,
             chunksize,
             ordered,
-        ))
+        )
     }
 }
 

@@ -524,6 +524,67 @@ fn a_worker_past_its_soft_memory_limit_is_replaced(s: Setup) {
     ));
 }
 
+/// Results in a crawler's order: `imap`, `imap_unordered` or `imap_chunked(.., 3)`.
+#[derive(Clone, Copy, Debug)]
+enum Stream {
+    Ordered,
+    Unordered,
+    Chunked3,
+}
+
+/// `imap` whose input waits on its output, like a crawler whose next URL comes from
+/// a result: the input is a channel, and each result sends the next item into it.
+/// After `N` results the consumer drops the sender, and the stream must end. The
+/// consumer runs on a thread of its own and hands its results over a channel, so a
+/// stream that waits on its input instead of yielding the results it has fails the
+/// case (a liveness bound of 60 s, not a timing claim) instead of hanging it.
+fn imap_input_fed_by_its_output(s: Setup) {
+    const N: u64 = 51; // a whole number of chunks of 3
+    let pool = std::sync::Arc::new(s.pool(2));
+    for mode in [Stream::Ordered, Stream::Unordered, Stream::Chunked3] {
+        let chunk = if let Stream::Chunked3 = mode { 3 } else { 1 };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let pool = std::sync::Arc::clone(&pool);
+        std::thread::spawn(move || {
+            let (tx, rx) = std::sync::mpsc::channel::<u64>();
+            // A chunk goes out once full (or at the end of the input): the input
+            // starts with one whole chunk, then each result brings one item.
+            for k in 1..=chunk {
+                tx.send(k).unwrap();
+            }
+            let mut sent = chunk;
+            let mut tx = Some(tx);
+            let stream = match mode {
+                Stream::Ordered => pool.imap(square, rx),
+                Stream::Unordered => pool.imap_unordered(square, rx),
+                Stream::Chunked3 => pool.imap_chunked(square, rx, 3),
+            }
+            .unwrap();
+            let mut got = Vec::new();
+            for r in stream {
+                got.push(r.unwrap());
+                if sent < N {
+                    sent += 1;
+                    tx.as_ref().unwrap().send(sent).unwrap();
+                }
+                if got.len() as u64 == N {
+                    tx = None; // the end of the input, while the stream waits on it
+                }
+            }
+            assert!(tx.is_none(), "the stream ended before its input: {got:?}");
+            done_tx.send(got).unwrap();
+        });
+        let mut got = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{mode:?}: no end of the stream ({e})"));
+        let expected: Vec<u64> = (1..=N).map(|k| k * k).collect();
+        if let Stream::Unordered = mode {
+            got.sort_unstable();
+        }
+        assert_eq!(got, expected, "{mode:?}");
+    }
+}
+
 macro_rules! conformance_suite {
     ($($(#[$cfg:meta])* $name:ident;)*) => {$(
         $(#[$cfg])*
@@ -544,6 +605,7 @@ macro_rules! conformance_suite {
             #[test] fn workers_inherit_no_descriptor_of_the_parent() { super::workers_inherit_no_descriptor_of_the_parent(S) }
             #[test] fn a_worker_past_its_soft_memory_limit_is_replaced() { super::a_worker_past_its_soft_memory_limit_is_replaced(S) }
             #[test] fn default_sigpipe_never_kills_the_program() { super::default_sigpipe_never_kills_the_program(S) }
+            #[test] fn imap_input_fed_by_its_output() { super::imap_input_fed_by_its_output(S) }
             #[test] fn no_leaks_after_a_thousand_pools() { super::no_leaks_after_a_thousand_pools(S) }
             #[test] fn ctrl_c_ends_the_program_and_its_workers() { super::ctrl_c_ends_the_program_and_its_workers(S) }
         }
