@@ -59,11 +59,18 @@ fn apply_async_get_wait_ready_successful() {
     assert_eq!(h.successful(), Some(true));
     assert_eq!(h.get().unwrap(), 49);
 
-    let slow = pool.apply_async(nap, (400u64,)).unwrap();
-    assert!(!slow.ready(), "a 400 ms task is not done at once");
+    let gate = crate::support::marker("apply-async-gate");
+    let path = gate.to_string_lossy().into_owned();
+    let slow = pool
+        .apply_async(crate::support::gated, (path, 400u64))
+        .unwrap();
+    assert!(!slow.ready(), "a task waiting on its gate is not done");
     assert_eq!(slow.successful(), None);
+    assert!(!slow.wait_timeout(Duration::from_millis(1)));
+    crate::support::open_gate(&gate);
     assert!(slow.wait_timeout(Duration::from_secs(30)));
     assert_eq!(slow.get().unwrap(), 400);
+    let _ = std::fs::remove_file(&gate);
 
     let bad = pool.apply_async(odd_panics, (3u64,)).unwrap();
     bad.wait();
@@ -74,11 +81,18 @@ fn apply_async_get_wait_ready_successful() {
 #[test]
 fn get_timeout_times_out_then_the_handle_still_works() {
     let pool = Pool::new(1).unwrap();
-    let mut h = pool.apply_async(nap, (500u64,)).unwrap();
+    let gate = crate::support::marker("get-timeout-gate");
+    let path = gate.to_string_lossy().into_owned();
+    let mut h = pool
+        .apply_async(crate::support::gated, (path, 500u64))
+        .unwrap();
     let early = h.get_timeout(Duration::from_millis(1));
     assert!(matches!(early, Err(Error::Timeout { .. })), "{early:?}");
-    assert!(!h.wait_timeout(Duration::ZERO) || h.ready());
+    assert!(!h.wait_timeout(Duration::ZERO), "still waiting on its gate");
+    assert!(!h.ready());
+    crate::support::open_gate(&gate);
     assert_eq!(h.get_timeout(Duration::from_secs(30)).unwrap(), 500);
+    let _ = std::fs::remove_file(&gate);
     assert!(
         matches!(
             h.get_timeout(Duration::from_secs(1)),

@@ -34,3 +34,18 @@ pub(crate) fn wait_for(path: &Path) {
     }
     let _ = std::fs::remove_file(path);
 }
+
+/// Waits until the file `gate` exists (the test opens the gate), then returns `n`:
+/// a task that is certainly still running until the test says so.
+#[pool_task]
+pub(crate) fn gated(gate: String, n: u64) -> u64 {
+    while !Path::new(&gate).exists() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    n
+}
+
+/// Opens the gate of [`gated`] tasks waiting on `path`.
+pub(crate) fn open_gate(path: &Path) {
+    std::fs::File::create(path).expect("gate file");
+}

@@ -96,3 +96,18 @@ pub fn wait_until_gone(pid: u32) -> bool {
         gone
     })
 }
+
+/// Waits until the file `path` exists, then removes it; panics after 60 s (a
+/// liveness bound, not a timing claim). For tests that must know a task started.
+pub fn wait_for_file(path: &std::path::Path) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let _ = std::fs::remove_file(path);
+}

@@ -56,6 +56,16 @@ fn nap(ms: u64) -> u64 {
     ms
 }
 
+/// Sleeps `ms` milliseconds, first creating the file `started` if one is named.
+#[pool_task]
+fn nap_marked(ms: u64, started: Option<String>) -> u64 {
+    if let Some(path) = started {
+        let _ = std::fs::File::create(path);
+    }
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
 #[pool_task]
 fn panic_on(n: u64) -> u64 {
     assert_ne!(n, 13, "unlucky {n}");
@@ -272,11 +282,19 @@ fn worker_death(s: Setup) {
     );
     let second = pool.apply(my_pid, ()).unwrap();
     assert_ne!(first, second);
+    let started = std::env::temp_dir().join(format!(
+        "procpool-worker-death-{}-{}",
+        std::process::id(),
+        s.transport
+    ));
     let caller = {
         let pool = std::sync::Arc::clone(&pool);
-        std::thread::spawn(move || pool.map_chunked(nap, [1u64, 60_000], 1))
+        let mark = started.to_string_lossy().into_owned();
+        std::thread::spawn(move || {
+            pool.starmap_chunked(nap_marked, [(1u64, None), (60_000, Some(mark))], 1)
+        })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    procpool_downstream::wait_for_file(&started); // item 1 is running
     procpool_downstream::kill9(second);
     let err = caller.join().unwrap().unwrap_err();
     assert!(
