@@ -18,7 +18,7 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use procpool::pipe::frame::{read_frame, write_frame};
 use procpool::{Pool, Transport, pool_task};
-use procpool_core::protocol::{DEFAULT_MAX_FRAME, FromWorker, ToWorker, decode_header};
+use procpool_core::__private::protocol::{DEFAULT_MAX_FRAME, FromWorker, ToWorker, decode_header};
 
 // Workers re-executed from this bench binary serve tasks instead of running criterion.
 procpool::test_support!();

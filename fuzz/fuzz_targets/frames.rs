@@ -6,7 +6,7 @@ use std::io::Cursor;
 
 use libfuzzer_sys::fuzz_target;
 use procpool_core::Received;
-use procpool_core::protocol::{FromWorker, Items, ToWorker, decode_header};
+use procpool_core::__private::protocol::{FromWorker, Items, ToWorker, decode_header};
 use procpool_transport_pipe::frame::read_frame;
 
 const CAP: usize = 1 << 16;

@@ -211,6 +211,27 @@ impl Error {
     }
 }
 
+/// The error of a chunk of `task` whose encoded arguments do not fit a frame.
+pub(crate) fn chunk_too_large(
+    task: &str,
+    first_index: usize,
+    bytes: usize,
+    max_chunk: usize,
+) -> Error {
+    Error::InvalidArgument(format!(
+        "a chunk of task `{task}` starting at item {first_index} needs {bytes} bytes, over the \
+         frame limit of {max_chunk} bytes: use a smaller chunksize or raise max_frame_size"
+    ))
+}
+
+/// The error of a reply that holds fewer than the `count` items announced.
+#[cold]
+pub(crate) fn fewer_items(count: usize) -> Error {
+    Error::protocol(format!(
+        "reply holds fewer than the {count} items announced"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,10 +6,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::caller::imap::Imap;
+use crate::caller::pool::Pool;
+use crate::caller::result::Progress;
 use crate::error::Error;
-use crate::imap::Imap;
-use crate::pool::Pool;
-use crate::result::Progress;
 use crate::task::Task;
 
 /// `[####----] done/total  rate/s  ETA`, on stderr (hidden when it is not a terminal).

@@ -19,10 +19,12 @@ use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use crate::error::Error;
-use crate::task::BatchRun;
+use std::sync::atomic::AtomicU32;
 
-/// Runs one batch of a task (see [`run_batch`](crate::task::run_batch)).
+use crate::error::Error;
+use crate::wire::protocol::Items;
+
+/// Runs one batch of a task (see [`run_batch`](crate::worker::batch::run_batch)).
 #[doc(hidden)]
 pub type RunFn = fn(&mut BatchRun<'_>) -> Result<(), Error>;
 
@@ -66,6 +68,29 @@ impl std::fmt::Debug for TaskEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskEntry")
             .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One batch as a worker runs it: the encoded items, where the results go, and the
+/// hook told as each item starts. Built by the worker loop, handed to the runner that
+/// `#[pool_task]` registered.
+#[doc(hidden)]
+pub struct BatchRun<'a> {
+    pub(crate) items: Items<'a>,
+    pub(crate) count: u32,
+    pub(crate) out: &'a mut Vec<u8>,
+    /// Called with `k` before item `k > 0` starts (only when the pool times items).
+    pub(crate) started: Option<&'a mut (dyn FnMut(u32) -> Result<(), Error> + 'a)>,
+    /// Set to `k` as item `k` starts: the worker's progress page, which the pool
+    /// reads when the worker dies (one relaxed store per item).
+    pub(crate) item: &'a AtomicU32,
+}
+
+impl std::fmt::Debug for BatchRun<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchRun")
+            .field("count", &self.count)
             .finish_non_exhaustive()
     }
 }
@@ -201,24 +226,24 @@ mod tests {
     static DOUBLE: TaskEntry = TaskEntry::new(
         concat!(module_path!(), "::double"),
         || type_id_of_val(&double),
-        |batch| crate::task::run_batch::<(u32,), _>(double, batch),
+        |batch| crate::worker::batch::run_batch::<(u32,), _>(double, batch),
     );
 
     #[test]
     fn finds_by_type_and_name() {
         let name = task_name(&double).expect("registered");
-        assert_eq!(name, "procpool_core::registry::tests::double");
+        assert_eq!(name, "procpool_core::wire::registry::tests::double");
         assert!(task_names().contains(&name));
         let entry = by_name(name).expect("by name");
         let mut payload = Vec::new();
-        crate::protocol::push_item::<()>(&mut payload, |b| {
-            crate::protocol::encode_into(&(21u32,), b).map_err(drop)
+        crate::wire::protocol::push_item::<()>(&mut payload, |b| {
+            crate::wire::protocol::encode_into(&(21u32,), b).map_err(drop)
         })
         .unwrap();
         let mut out = Vec::new();
         entry
             .run(&mut BatchRun {
-                items: crate::protocol::Items::new(&payload),
+                items: crate::wire::protocol::Items::new(&payload),
                 count: 1,
                 out: &mut out,
                 started: None,
@@ -226,7 +251,7 @@ mod tests {
             })
             .unwrap();
         // One result item: length 2, status OK, then 42.
-        assert_eq!(out, [2, crate::protocol::STATUS_OK, 42]);
+        assert_eq!(out, [2, crate::wire::protocol::STATUS_OK, 42]);
         let closure = |n: u32| n;
         assert_eq!(task_name(&closure), None);
         assert!(by_name("nope::nothing").is_none());

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::connection::{Connection, LinkFailure, Request};
 use super::{Batch, ResultFrame, Shared, lock};
+use crate::error::chunk_too_large;
 use crate::error::{Error, WorkerExit};
-use crate::pool::encode::chunk_too_large;
 
 /// Batches a driver keeps in flight on one worker, so the worker never waits for
 /// the pool between small batches.

@@ -14,19 +14,16 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 mod connection;
 mod driver;
 
+pub(crate) use crate::sync::lock;
+
 use crate::error::Error;
 use crate::transport::{LinkConfig, Transport};
-
-/// Locks, ignoring poisoning: every critical section leaves the state consistent.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// What a pool is configured with. Its `Debug` leaves the secret out.
 #[derive(Clone)]
@@ -227,10 +224,10 @@ impl ResultFrame {
 
     /// Bytes taken by the first `count` items, or why there are not that many.
     fn skip(&self, count: u32) -> Result<usize, Error> {
-        let mut items = crate::protocol::Items::new(self.items());
+        let mut items = crate::wire::protocol::Items::new(self.items());
         for _ in 0..count {
             if items.next_item()?.is_none() {
-                return Err(crate::result::fewer_items(count as usize));
+                return Err(crate::error::fewer_items(count as usize));
             }
         }
         Ok(self.range.len() - items.remaining())
@@ -634,7 +631,7 @@ use driver::failure_error;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol;
+    use crate::wire::protocol;
 
     fn frame_of(items: &[&[u8]]) -> ResultFrame {
         let mut frame = vec![9, 9]; // a header to skip

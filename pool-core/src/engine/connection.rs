@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use super::{ResultFrame, Shared, lock};
 use crate::error::{Error, WorkerExit};
-use crate::protocol::{self, FromWorker, MAGIC, PROTOCOL_VERSION, ToWorker};
-use crate::registry;
-use crate::runtime::{MARKER_ENV, Marker};
 use crate::sys;
 use crate::transport::{Link, Received};
+use crate::wire::marker::{MARKER_ENV, Marker};
+use crate::wire::protocol::{self, FromWorker, MAGIC, PROTOCOL_VERSION, ToWorker};
+use crate::wire::registry;
 
 /// How a link to a worker failed.
 #[derive(Debug)]
@@ -452,7 +452,7 @@ fn first_failure(frame: &ResultFrame, task: &str, pid: u32) -> Result<Option<Err
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Hello;
+    use crate::wire::protocol::Hello;
 
     fn good() -> Hello {
         Hello {

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use crate::caller::result::{self, Progress};
+use crate::engine::{Batch, Job, Reply, ReplySink, Shared, lock};
 use crate::error::Error;
-use crate::result::{self, Progress};
-use crate::scheduler::{Batch, Job, Reply, ReplySink, Shared, lock};
 
 /// The results of one chunk, in order: the values, and apart from them the few
 /// errors with their positions, so each item costs only its value (the decoded

@@ -5,11 +5,12 @@ use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::protocol::{self, FromWorker, Hello, Items, MAGIC, PROTOCOL_VERSION, ToWorker};
-use crate::registry::{self, TaskEntry};
 use crate::sys::ProgressPage;
-use crate::task::{self, BatchRun};
 use crate::transport::{Link, Received};
+use crate::wire::protocol::{self, FromWorker, Hello, Items, MAGIC, PROTOCOL_VERSION, ToWorker};
+use crate::wire::registry::BatchRun;
+use crate::wire::registry::{self, TaskEntry};
+use crate::worker::batch;
 
 /// How long a worker that answered a direct call watches for the next request
 /// before it sleeps.
@@ -18,8 +19,8 @@ const LINGER: Duration = Duration::from_micros(50);
 /// The serving side of a worker process.
 ///
 /// `procpool::init()` builds one from the transport's link and calls
-/// [`Worker::serve`]; users do not normally touch it.
-pub struct Worker {
+/// [`Server::run`].
+pub(crate) struct Server {
     link: Link,
     pid: u32,
     secret: u128,
@@ -27,18 +28,18 @@ pub struct Worker {
     progress: Option<ProgressPage>,
 }
 
-impl std::fmt::Debug for Worker {
+impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker")
+        f.debug_struct("Server")
             .field("pid", &self.pid)
             .finish_non_exhaustive()
     }
 }
 
-impl Worker {
+impl Server {
     /// A worker serving over `link`, answering the handshake with the pool's `secret`.
-    pub fn new(link: Link, secret: u128) -> Self {
-        Worker {
+    pub(crate) fn new(link: Link, secret: u128) -> Self {
+        Server {
             link,
             pid: std::process::id(),
             secret,
@@ -55,8 +56,8 @@ impl Worker {
     /// Sends the handshake, then runs batches until the pool sends `Shutdown` or
     /// closes the channel. Task panics are caught and reported per item; only a
     /// broken channel or a malformed frame ends the loop with an error.
-    pub fn serve(mut self) -> Result<(), Error> {
-        task::install_panic_hook();
+    pub(crate) fn run(mut self) -> Result<(), Error> {
+        batch::install_panic_hook();
         let mut header = Vec::with_capacity(64);
         let hello = Hello {
             magic: MAGIC,

@@ -4,8 +4,9 @@
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::protocol;
-use crate::registry::TaskEntry;
+
+use crate::wire::protocol;
+use crate::wire::registry::TaskEntry;
 
 /// Appends item `index` of a call to `entry` as one length-prefixed argument tuple.
 ///
@@ -26,19 +27,6 @@ pub(super) fn push_argument<A: Serialize + ?Sized>(
             message: e.to_string(),
         }
     })
-}
-
-/// The error of a chunk of `task` whose encoded arguments do not fit a frame.
-pub(crate) fn chunk_too_large(
-    task: &str,
-    first_index: usize,
-    bytes: usize,
-    max_chunk: usize,
-) -> Error {
-    Error::InvalidArgument(format!(
-        "a chunk of task `{task}` starting at item {first_index} needs {bytes} bytes, over the \
-         frame limit of {max_chunk} bytes: use a smaller chunksize or raise max_frame_size"
-    ))
 }
 
 /// Checks a caller's chunk size: zero is refused; one larger than a frame can count

@@ -10,25 +10,22 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub(crate) mod encode;
-
 /// Encoded bytes after which a chunk's items go out as one piece and the rest as
 /// further pieces.
 const PIECE_BYTES: usize = 128 * 1024;
 
-use encode::{check_chunksize, chunk_too_large, default_chunksize, push_argument};
+use super::encode::{check_chunksize, default_chunksize, push_argument};
+use crate::error::chunk_too_large;
 
+use crate::caller::imap::{Fill, Imap, Source};
+use crate::caller::result::{AsyncResult, Callbacks, Collector, Progress, decode_reply};
+use crate::engine::{self, Batch, Config, HEADER_ROOM, Initializer, Job, ReplySink, Shared, lock};
 use crate::error::Error;
-use crate::imap::{Fill, Imap, Source};
-use crate::protocol::DEFAULT_MAX_FRAME;
-use crate::registry::{self, TaskEntry};
-use crate::result::{AsyncResult, Callbacks, Collector, Progress, decode_reply};
-use crate::runtime;
-use crate::scheduler::{
-    self, Batch, Config, HEADER_ROOM, Initializer, Job, ReplySink, Shared, lock,
-};
+use crate::process;
 use crate::task::Task;
 use crate::transport::{IntoTransport, LinkConfig, Transport};
+use crate::wire::protocol::DEFAULT_MAX_FRAME;
+use crate::wire::registry::{self, TaskEntry};
 
 /// A pool of worker processes running `#[pool_task]` functions.
 ///
@@ -245,7 +242,7 @@ impl PoolBuilder {
                 "startup_timeout must be more than zero".into(),
             ));
         }
-        let transports = runtime::transports()?;
+        let transports = process::transports()?;
         let transport = match self.transport {
             Some(t) => t,
             None => *transports
@@ -279,7 +276,7 @@ impl PoolBuilder {
             let started = started_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("procpool-driver-{slot}"))
-                .spawn(move || scheduler::drive(shared, slot, started))?;
+                .spawn(move || engine::drive(shared, slot, started))?;
             let mut drivers = lock(&pool.drivers);
             drivers.ids.push(handle.thread().id());
             drivers.handles.push(handle);

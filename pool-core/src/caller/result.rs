@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use crate::error::Error;
-use crate::protocol::{self, Items, STATUS_FAILED, STATUS_OK};
-use crate::scheduler::{Job, Reply, ReplySink, lock};
+use crate::engine::{Job, Reply, ReplySink, lock};
+use crate::error::{Error, fewer_items};
+use crate::wire::protocol::{self, Items, STATUS_FAILED, STATUS_OK};
 
 /// How far a call has got, for progress hooks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +111,7 @@ fn contained(f: impl FnOnce()) {
 /// large `Error`) is never built on the common path.
 ///
 /// Returns the bytes of the reply's items read, if all of the batch's items were
-/// there (as [`ReplySink::deliver`](crate::scheduler::ReplySink::deliver)).
+/// there (as [`ReplySink::deliver`](crate::engine::ReplySink::deliver)).
 pub(crate) fn decode_reply<R: DeserializeOwned>(
     task: &str,
     reply: Reply,
@@ -150,14 +150,6 @@ pub(crate) fn decode_reply<R: DeserializeOwned>(
         }
     }
     complete.then(|| frame.items().len() - items.remaining())
-}
-
-/// The error of a reply that holds fewer than the `count` items announced.
-#[cold]
-pub(crate) fn fewer_items(count: usize) -> Error {
-    Error::protocol(format!(
-        "reply holds fewer than the {count} items announced"
-    ))
 }
 
 #[cold]
@@ -554,7 +546,7 @@ impl<R> AsyncResult<R> {
     /// thread forever.
     pub fn get(self) -> Result<R, Error> {
         if !self.ready() && self.outcome.on_own_driver() {
-            return Err(crate::scheduler::blocking_in_callback());
+            return Err(crate::engine::blocking_in_callback());
         }
         self.outcome.wait_until(None);
         self.outcome.take().unwrap_or_else(|| Err(already_taken()))
@@ -584,7 +576,7 @@ fn already_taken() -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::ResultFrame;
+    use crate::engine::ResultFrame;
 
     /// A reply carrying `values` as successful result items, from `first` on.
     fn reply(first: usize, values: &[u32]) -> Reply {

@@ -1,0 +1,57 @@
+//! What `init()` recorded in this process: the compiled-in transports, and whether
+//! the process serves as a worker. Read by the caller side (a pool needs the
+//! transports, and refuses to start inside a worker) and set by the worker side.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::Error;
+use crate::transport::Transport;
+use crate::wire::marker::Marker;
+
+static TRANSPORTS: OnceLock<&'static [&'static dyn Transport]> = OnceLock::new();
+static SERVING: AtomicBool = AtomicBool::new(false);
+
+/// Records the transports of this build (the first is the default); the first call
+/// wins.
+pub(crate) fn record_transports(transports: &'static [&'static dyn Transport]) {
+    let _ = TRANSPORTS.set(transports);
+}
+
+/// Marks this process as a worker that serves tasks.
+pub(crate) fn set_serving() {
+    SERVING.store(true, Ordering::SeqCst);
+}
+
+/// True in a worker process (inside a task).
+pub fn is_worker() -> bool {
+    SERVING.load(Ordering::Relaxed)
+}
+
+/// The transports `init` recorded, or why a pool cannot start in this process.
+pub(crate) fn transports() -> Result<&'static [&'static dyn Transport], Error> {
+    if is_worker() {
+        return Err(Error::InvalidArgument(
+            "a pool cannot be created inside a worker process (from a task): \
+             workers do not start pools of their own"
+                .into(),
+        ));
+    }
+    if let Some(t) = TRANSPORTS.get() {
+        return Ok(t);
+    }
+    if Marker::for_this_process().is_some() {
+        return Err(Error::NotInitialized(
+            "this process was started as a procpool worker, but procpool::init() did not run \
+             first in main, so it ran main again instead of serving tasks: make procpool::init() \
+             the first line of main (or mark main #[procpool::main])"
+                .into(),
+        ));
+    }
+    Err(Error::NotInitialized(
+        "procpool::init() was not called: make it the first line of main (or mark main \
+         #[procpool::main]; in an integration test, add procpool::test_support!()). Workers \
+         re-execute this program, and init() is where they start serving"
+            .into(),
+    ))
+}
