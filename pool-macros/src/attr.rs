@@ -1,4 +1,18 @@
 //! The arguments both attributes accept: `crate = path`.
+//!
+//! The path says where procpool is, for a crate that reaches it through a
+//! re-export: every path to procpool in the expansion starts with it
+//! (`#path::init()`, `#path::__private::TASKS`, ...). Without it, `::procpool`.
+//!
+//! Rejected, each with its own error, the others still checked:
+//!
+//! | written                            | why                                           |
+//! |------------------------------------|-----------------------------------------------|
+//! | not a list of `name`, `name(..)` or `name = value` | syn's error; no argument is checked further |
+//! | `krate = ::x`, `timeout(3)`        | not `crate`: there is no other argument       |
+//! | `crate`, `crate(::x)`              | `crate` needs `= path`                        |
+//! | `crate = "::x"`, `crate = <T>::x`  | the value must be a plain path, unquoted      |
+//! | `crate = ::a, crate = ::b`         | given twice: the first is kept, the second reported |
 
 use proc_macro2::TokenStream;
 use syn::parse::Parser;
@@ -16,6 +30,11 @@ pub(crate) struct Options {
 impl Options {
     /// Parses the arguments of `#[attribute(..)]`. Each problem is pushed onto
     /// `errors` and skipped, so the rest is still checked.
+    ///
+    /// `attribute` is the attribute's name as the user writes it (`pool_task`,
+    /// `procpool::main`), for the examples in the messages. The result is always
+    /// usable: a rejected argument leaves the default (or the first accepted
+    /// `crate`) in place, so that the caller can go on checking the function.
     pub(crate) fn parse(attribute: &str, args: TokenStream, errors: &mut Errors) -> Options {
         let mut krate: Option<Path> = None;
         let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args) {

@@ -2,6 +2,14 @@
 //!
 //! `fn main() -> R { body }` becomes `fn main() -> R { ::procpool::init(); body }`.
 //! Inner attributes (`#![allow(..)]`) stay at the top of the body, where they must be.
+//!
+//! `init()` must come first because a pool's workers are this same program run
+//! again: in a worker, `init()` serves tasks and exits, and nothing of `main` after
+//! it runs. Anything before it (printing, opening files, starting a runtime) would
+//! run once in every worker too.
+//!
+//! Only the attributes, visibility and signature are re-emitted from what syn
+//! parsed; the body's tokens are passed through as they came, behind the call.
 
 use proc_macro2::{Group, TokenStream};
 use quote::quote;
@@ -21,6 +29,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// [`expand`] without the fallback: the function with the call, or every error.
 fn try_expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let (options, function) = item::parse_checked(
         "procpool::main",
@@ -34,6 +43,18 @@ fn try_expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
 
 /// Pushes one error for each thing that keeps `sig` from being a `main` that
 /// procpool can start from.
+///
+/// Rejected, each at its own tokens:
+///
+/// - `async`: an `async fn main` only builds a future; its body, `init()` included,
+///   would run inside the runtime that the runtime's own attribute starts, after
+///   that runtime exists. The message says to put this attribute below the
+///   runtime's, where it sees the synchronous `main` that one generates;
+/// - generic parameters, which `main` cannot have;
+/// - parameters (and `...`), all underlined together: `main` takes none.
+///
+/// The name is not checked, nor are `unsafe`, `const` or an ABI: the function is
+/// emitted with them as written.
 fn check(sig: &Signature, errors: &mut Errors) {
     if let Some(token) = &sig.asyncness {
         errors.spanned(
@@ -56,6 +77,10 @@ fn check(sig: &Signature, errors: &mut Errors) {
 }
 
 /// `function` with `krate::init();` as the first statement of its body.
+///
+/// The body is split into its inner attributes and the rest; the call goes between
+/// them. When the inner attributes do not parse, no split is made and the call
+/// goes first. The new body keeps the span of the original braces.
 fn with_init(options: &Options, function: FnItem) -> TokenStream {
     let FnItem {
         attrs,

@@ -1,4 +1,11 @@
 //! Collecting every error of one expansion, and the output when there are some.
+//!
+//! A `syn::Error` can hold several messages, each with its own span, and turns into
+//! one `compile_error!` per message: [`Errors`] combines them as the checks find
+//! them, and [`rejected`] puts them after the unchanged item. The user sees every
+//! problem of the attribute in one build, each underlined where it is.
+//!
+//! [`code`] quotes a piece of the user's code in a message the way it was written.
 
 use std::fmt::Display;
 
@@ -8,6 +15,8 @@ use quote::ToTokens;
 /// The errors found so far; reported together, so one build shows every problem.
 #[derive(Debug, Default)]
 pub(crate) struct Errors {
+    /// Every error pushed, in order, as one `syn::Error`; `None` while there is
+    /// none (`syn::Error` has no empty value).
     combined: Option<syn::Error>,
 }
 
@@ -36,6 +45,8 @@ impl Errors {
 
 /// The output of a rejected attribute: the item exactly as written, so that the IDE
 /// still knows the function, followed by one `compile_error!` per error.
+///
+/// Nothing else is generated: no registry entry, no `init()` call.
 pub(crate) fn rejected(item: TokenStream, error: &syn::Error) -> TokenStream {
     let mut output = item;
     output.extend(error.to_compile_error());
@@ -50,6 +61,19 @@ pub(crate) fn code(tokens: impl ToTokens) -> String {
     text
 }
 
+/// Appends `tokens` to `text`, spaced as in hand-written code:
+///
+/// - words (identifiers, literals) are separated by a space: `dyn Trait`;
+/// - `,` and `;` are followed by one: `(u8, u8)`, `[u8; 4]`;
+/// - `=` gets a space on each side (`Item = u8`), unless it directly follows `=`,
+///   `!`, `<`, `>` or `-`, so that `!=`, `<=`, `>=` and `-=` stay whole;
+/// - `-` then `>` become ` -> `;
+/// - other punctuation is tight: `Vec<u8>`, `&'a`, `::std`;
+/// - a `(..)` group is tight after a word (`Fn(u8)`, `Point(x)`) but not after a
+///   lifetime or `mut`, `dyn`, `impl`, `const`; `{ .. }` and `[..]` groups are
+///   spaced after a word, and `{ .. }` has a space inside each brace.
+///
+/// Trailing spaces are trimmed inside each group and at the end.
 fn write_code(text: &mut String, tokens: TokenStream) {
     for token in tokens {
         match token {

@@ -3,6 +3,9 @@
 //! Only the signature is parsed; the body stays a group of tokens (as in
 //! tokio-macros). A body that is still being typed does not stop the expansion, and
 //! its syntax errors come from the compiler, at their real place.
+//!
+//! [`parse_checked`] is the front half both attributes share: arguments, item,
+//! signature checks, with every error collected before any is returned.
 
 use proc_macro2::{Delimiter, Group, Span, TokenStream};
 use syn::parse::{Parse, ParseStream};
@@ -23,6 +26,9 @@ pub(crate) struct FnItem {
     pub(crate) body: Group,
 }
 
+/// Only the name: syn implements `Debug` for its syntax tree only with its
+/// `extra-traits` feature, which this crate does not ask for, and the name is what
+/// a failing test needs to show.
 impl std::fmt::Debug for FnItem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FnItem")
@@ -31,6 +37,13 @@ impl std::fmt::Debug for FnItem {
     }
 }
 
+/// Outer attributes, visibility, a whole signature (`const`, `async`, `unsafe`,
+/// `extern "ABI"`, name, generics, parameters, result, `where` clause), then one
+/// `{ .. }` group, and nothing after it.
+///
+/// Anything syn's [`Signature`] accepts is taken here; what the attribute does not
+/// allow is left to its `check`, so that it gets a precise message instead of a
+/// parse error.
 impl Parse for FnItem {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let attrs = input.call(Attribute::parse_outer)?;
@@ -54,6 +67,15 @@ impl Parse for FnItem {
 
 /// Parses an attribute's `args` and the function `item` it is on, and validates the
 /// signature with `check`, collecting every error.
+///
+/// `attribute` names the attribute in messages about its arguments, `misplaced`
+/// starts the message for an item that is not a function (see [`parse_fn`]).
+/// `check` runs only on an item that parsed; the arguments are checked either way.
+///
+/// # Errors
+///
+/// Every problem found, combined into one `syn::Error`, in this order: arguments,
+/// then the item (not a function) or its signature.
 pub(crate) fn parse_checked(
     attribute: &str,
     misplaced: &str,
@@ -75,8 +97,13 @@ pub(crate) fn parse_checked(
 /// Parses `item` as a function with a body.
 ///
 /// When it is some other item, the error points at the attribute and says
-/// `misplaced` (e.g. "#[pool_task] goes on a free `fn`") followed by what it was put
-/// on. When it is no item at all, the error is syn's.
+/// `misplaced` (e.g. ``"#[pool_task] goes on a free `fn`"``) followed by what it was
+/// put on. When it is no item at all, the error is syn's.
+///
+/// # Errors
+///
+/// The one error above. `item` is parsed a second time, as any [`Item`], only
+/// after it failed to parse as a function.
 pub(crate) fn parse_fn(item: TokenStream, misplaced: &str) -> syn::Result<FnItem> {
     syn::parse2::<FnItem>(item.clone()).map_err(|error| match syn::parse2::<Item>(item) {
         Ok(other) => syn::Error::new(Span::call_site(), format!("{misplaced}{}", put_on(&other))),
@@ -85,6 +112,9 @@ pub(crate) fn parse_fn(item: TokenStream, misplaced: &str) -> syn::Result<FnItem
 }
 
 /// How to finish "goes on a free `fn`" for an item that is not one.
+///
+/// The text follows the `misplaced` start directly, so it begins with a comma or a
+/// space: ``"#[pool_task] goes on a free `fn`, not on a struct"``.
 fn put_on(item: &Item) -> &'static str {
     match item {
         Item::Const(_) => ", not on a constant",

@@ -10,6 +10,28 @@
 //! `#[procpool::main]`. Both parse, then check everything and report every problem at
 //! once, then generate. When the item is rejected, it is still emitted unchanged next
 //! to the errors, so that the IDE keeps seeing the function.
+//!
+//! ```text
+//!  #[pool_task(args)] fn f(..)            #[procpool::main(args)] fn main()
+//!             │                                        │
+//!       task::expand                             entry::expand
+//!             └───────────────────┬────────────────────┘
+//!                       item::parse_checked
+//!                         ├─ attr::Options::parse   the `crate = path` argument
+//!                         ├─ item::parse_fn         a fn with a body; body unparsed
+//!                         └─ check(&signature)      task::check or entry::check
+//!                                 │
+//!             any error? ── yes ──▶ error::rejected: the item as written,
+//!                                 │                  then one compile_error! per error
+//!                                 no
+//!             ┌───────────────────┴────────────────────┐
+//!   task::registration                         entry::with_init
+//!   the item, then its `const _` entry         the item, `init();` first in its body
+//! ```
+//!
+//! Errors point at the tokens they are about (the `async` keyword, a borrowed
+//! parameter type, an unknown argument), not at the attribute, except when the item
+//! is not a function at all.
 
 #![forbid(unsafe_code)]
 
@@ -60,6 +82,12 @@ use proc_macro::TokenStream;
 /// - `crate = path`: where to find procpool, for crates that re-export it under
 ///   another name, e.g. `#[pool_task(crate = ::my_runtime::procpool)]`. The default
 ///   is `::procpool`.
+///
+/// # Attributes of the function
+///
+/// The function keeps all its attributes. Its `#[cfg(..)]` attributes written
+/// below `#[pool_task]` are copied onto the registry entry as well, so that a task
+/// compiled out leaves no entry naming a missing function.
 #[proc_macro_attribute]
 pub fn pool_task(args: TokenStream, item: TokenStream) -> TokenStream {
     task::expand(args.into(), item.into()).into()
@@ -84,6 +112,11 @@ pub fn pool_task(args: TokenStream, item: TokenStream) -> TokenStream {
 /// async runtime, place this attribute below the runtime's (`#[tokio::main]` then
 /// `#[procpool::main]`), so that it sees the synchronous `main` the runtime's macro
 /// produces and workers start before any runtime.
+///
+/// The call goes before the first statement of the body, after any inner attributes
+/// (`#![allow(..)]`), which must stay first. The body is not parsed, so a body with
+/// syntax errors still gets the call and the compiler reports its errors where they
+/// are.
 ///
 /// # Arguments
 ///

@@ -14,6 +14,27 @@
 //!     );
 //! };
 //! ```
+//!
+//! What each part is for:
+//!
+//! - `distributed_slice(TASKS)`: linkme places the static in a link section, and the
+//!   linker assembles every such static of the program into the `TASKS` slice, so
+//!   the registry is complete before any code runs, without constructors;
+//! - `#[linkme(crate = ..)]`: linkme's own expansion reaches linkme through
+//!   procpool's re-export, so the user's crate needs no linkme dependency;
+//! - the name, `module::path::square`, is made by the compiler where the function
+//!   is (`module_path!()`), with the function's name unraw'd (`r#type` → `type`):
+//!   it is what travels to the worker, which looks the entry up by it;
+//! - the `TypeId` closure gives the type of the function item, unique to each
+//!   function: the parent finds the entry of the function it is handed by it;
+//! - the batch closure instantiates `run_batch` for the tuple of the parameter
+//!   types; the unmet `Serialize`/`DeserializeOwned`/`Send` bounds of a parameter
+//!   or the result are reported on this call;
+//! - `const _` hides the static, so every task's is named `__PROCPOOL_TASK`
+//!   without clashing.
+//!
+//! The function's `#[cfg]` attributes go on the `const _` too (see
+//! [`registration`]).
 
 use proc_macro2::{Group, Ident, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
@@ -28,6 +49,8 @@ use crate::item::{self, FnItem};
 /// The most parameters a task can have: the arities `Task` is implemented for.
 const MAX_PARAMETERS: usize = 12;
 
+/// The message for everything that makes the function generic: type, lifetime or
+/// const parameters, `impl Trait` in a parameter, the elided lifetime `'_`.
 const GENERIC: &str =
     "a pool task cannot be generic: workers find it by name, so its types must be concrete";
 
@@ -40,6 +63,10 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// [`expand`] without the fallback: the registration after the item, or every error.
+///
+/// The item is emitted from the tokens the macro received, not re-printed from
+/// syn's tree, so it is exactly what the user wrote.
 fn try_expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let (options, function) = item::parse_checked(
         "pool_task",
@@ -54,6 +81,21 @@ fn try_expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
 }
 
 /// Pushes one error for each thing that keeps `sig` from being a pool task.
+///
+/// In this order, each pointing at what it rejects:
+///
+/// 1. `async`, `unsafe`, and any ABI but `extern "Rust"` (a bare `extern` is
+///    `extern "C"`);
+/// 2. generic parameters of any kind, all the `<..>` at once;
+/// 3. for each parameter: a receiver (`self` parses in any signature, so a method
+///    pasted out of an `impl` still reaches this), a pattern instead of a name
+///    ([`check_pattern`]), and what its type may not contain ([`TypeCheck`]);
+/// 4. more than [`MAX_PARAMETERS`] parameters, pointing at the extra ones;
+/// 5. `...`;
+/// 6. what the result type may not contain.
+///
+/// A `const fn` and a `where` clause are accepted: they change nothing for a call
+/// through the registry.
 fn check(sig: &Signature, errors: &mut Errors) {
     if let Some(token) = &sig.asyncness {
         errors.spanned(
@@ -125,6 +167,12 @@ fn check(sig: &Signature, errors: &mut Errors) {
 }
 
 /// A parameter must be a name (`x`, `mut x`, `_x`) or `_`, not a pattern to destructure.
+///
+/// The error suggests a name: the binding's own for `n @ 1..`, `pair` for a
+/// two-element tuple, `tuple` for another, `items` for a slice pattern, the type's
+/// name in snake case for a struct or tuple-struct pattern (`PointPair { .. }` →
+/// `point_pair`), and `value` otherwise; with the parameter's type, as the user
+/// would write it.
 fn check_pattern(pat: &Pat, ty: &Type, errors: &mut Errors) {
     let name = match pat {
         Pat::Ident(binding) if binding.subpat.is_none() => return,
@@ -157,6 +205,9 @@ fn check_pattern(pat: &Pat, ty: &Type, errors: &mut Errors) {
 }
 
 /// `PointPair` → `point_pair`, for suggesting a parameter name after a type.
+///
+/// Every uppercase letter but a leading one gets an underscore before it, so an
+/// acronym comes out one letter at a time (`IOError` → `i_o_error`).
 fn snake_case(name: &str) -> String {
     let mut snake = String::with_capacity(name.len() + 4);
     for (index, c) in name.chars().enumerate() {
@@ -175,7 +226,9 @@ fn snake_case(name: &str) -> String {
 /// Which side of the call a type crosses the process boundary on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
+    /// A parameter: encoded by the parent, decoded by the worker.
     Parameter,
+    /// The result: encoded by the worker, decoded by the parent.
     Result,
 }
 
@@ -186,11 +239,18 @@ enum Role {
 /// entered: what they borrow is theirs, and the compiler reports such types as not
 /// serializable anyway.
 struct TypeCheck<'a> {
+    /// Where each finding goes.
     errors: &'a mut Errors,
+    /// Which type this is, for the wording of the messages.
     role: Role,
 }
 
+/// The visitor walks the whole type, except where a method below stops it; a
+/// method that reports does not go further in, so `&Vec<&str>` gets one error,
+/// for the outer `&`.
 impl<'ast> Visit<'ast> for TypeCheck<'_> {
+    /// A borrow, `&T` or `&mut T`, anywhere in the type (`Vec<&str>` included):
+    /// reported with the owned type to use when [`owned_version`] knows one.
     fn visit_type_reference(&mut self, reference: &'ast syn::TypeReference) {
         let lead = match self.role {
             Role::Parameter => "parameters are sent to another process and must be owned",
@@ -203,6 +263,8 @@ impl<'ast> Visit<'ast> for TypeCheck<'_> {
         self.errors.spanned(reference, message);
     }
 
+    /// `impl Trait`: a hidden type parameter in a parameter, an opaque type in the
+    /// result.
     fn visit_type_impl_trait(&mut self, impl_trait: &'ast syn::TypeImplTrait) {
         match self.role {
             Role::Parameter => self.errors.spanned(impl_trait, GENERIC),
@@ -214,27 +276,39 @@ impl<'ast> Visit<'ast> for TypeCheck<'_> {
         }
     }
 
+    /// The elided lifetime `'_`, which is a hidden lifetime parameter. A named
+    /// lifetime other than `'static` needs a generic parameter, reported already.
     fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
         if lifetime.ident == "_" {
             self.errors.spanned(lifetime, GENERIC);
         }
     }
 
+    /// Not entered: `fn(&str) -> usize` borrows nothing itself.
     fn visit_type_bare_fn(&mut self, _: &'ast syn::TypeBareFn) {}
 
+    /// Not entered: `dyn Fn(&str)`, `dyn Trait + '_`.
     fn visit_type_trait_object(&mut self, _: &'ast syn::TypeTraitObject) {}
 
+    /// Not entered: the `(&str) -> usize` of a path such as `Fn(&str) -> usize`.
     fn visit_parenthesized_generic_arguments(
         &mut self,
         _: &'ast syn::ParenthesizedGenericArguments,
     ) {
     }
 
+    /// Not entered: array lengths (`[u8; N]`) and const arguments are values, not
+    /// types.
     fn visit_expr(&mut self, _: &'ast syn::Expr) {}
 }
 
 /// The owned counterpart of a borrowed type, when there is an obvious one:
 /// `&str` → `String`, `&[T]` → `Vec<T>`, `&Path` → `PathBuf`, `&T` → `T`.
+///
+/// `&OsStr` and `&CStr` become `OsString` and `CString`; a path with generic
+/// arguments (`&Vec<u8>`), an array or a tuple loses its `&` (`&mut` too). `None`
+/// for what has no obvious owned form (`&dyn Trait`, `&impl Trait`, `&fn()`), and
+/// the message then names String and Vec as examples.
 fn owned_version(reference: &syn::TypeReference) -> Option<String> {
     match &*reference.elem {
         Type::Path(path) if path.qself.is_none() => {
@@ -256,6 +330,11 @@ fn owned_version(reference: &syn::TypeReference) -> Option<String> {
 }
 
 /// The `const _` block that adds `function` to the registry.
+///
+/// `options.krate` starts every procpool path. The argument tuple lists the
+/// parameter types in order, as written (`(u64, String,)`, or `()` for none);
+/// receivers were rejected by [`check`], so none is left to skip. The module docs
+/// show the output.
 fn registration(options: &Options, function: &FnItem) -> TokenStream {
     let krate = &options.krate;
     let ident = &function.sig.ident;
@@ -293,6 +372,10 @@ fn registration(options: &Options, function: &FnItem) -> TokenStream {
 }
 
 /// `tokens` with every span set to `span`.
+///
+/// Groups are rebuilt with the new span on their delimiters and, recursively, on
+/// their contents; a path to procpool has none in practice, but nothing is left
+/// with its old span if one does.
 fn respan(tokens: TokenStream, span: Span) -> TokenStream {
     tokens
         .into_iter()

@@ -6,6 +6,34 @@
 //! creates one channel per direction and sends the pool its ends together with the
 //! secret. A connection without the right secret is refused.
 //!
+//! ```text
+//!  pool: IpcTransport::spawn                   worker: IpcTransport::connect
+//!  ─────────────────────────                   ─────────────────────────────
+//!  IpcOneShotServer::new() → <temp dir>/…/socket
+//!  chmod 0700 the socket's directory
+//!  env PROCPOOL_IPC_SERVER = socket path
+//!      PROCPOOL_IPC_SECRET = 32 hex digits
+//!  spawn the child ──────────────────────────▶ IpcSender::<Bootstrap>::connect(path)
+//!  accept(), on a helper thread                ipc::channel() for requests,
+//!    while watching the child and the clock    ipc::channel() for replies
+//!                     ◀─────────────────────── Bootstrap { secret, requests, replies }
+//!  secret matches: Link(requests, replies)     Link(replies_out, requests_in)
+//! ```
+//!
+//! The server is one-shot: it accepts a single connection and reads a single
+//! message from it, then goes away with its directory. The channels themselves
+//! travel inside that message, as descriptors, so after the bootstrap the pool and
+//! the worker share nothing that a third process could open. A stranger who
+//! connects first (it would have to get into the directory) makes the spawn fail
+//! (a wrong secret is an [`Error::Protocol`]) and the worker be killed; it never
+//! gets a link.
+//!
+//! A worker that exits, or does not connect within [`LinkConfig::startup_timeout`],
+//! does not make the spawn fail: the child comes back with a stub link whose every
+//! receive is [`Received::Closed`] or [`Received::TimedOut`], so the pool's
+//! handshake fails as it does on any transport, and the pool reaps the worker and
+//! says why.
+//!
 //! Each frame is one ipc-channel message. Frames of [`SHARED_MEMORY_THRESHOLD`]
 //! bytes or more travel in an `IpcSharedMemory` segment instead of through the socket.
 //!
@@ -23,14 +51,28 @@ use procpool_core::{Error, FrameReceiver, FrameSender, Link, LinkConfig, Receive
 use serde::{Deserialize, Serialize};
 
 /// Environment variable with the one-shot server's name.
+///
+/// The name is the path of the server's Unix socket, as
+/// [`IpcOneShotServer::new`] returns it.
 const SERVER_ENV: &str = "PROCPOOL_IPC_SERVER";
 /// Environment variable with the worker's secret.
+///
+/// 32 hex digits ([`random_secret`]), drawn anew for each worker; the worker sends
+/// it back in its [`Bootstrap`].
 const SECRET_ENV: &str = "PROCPOOL_IPC_SECRET";
 
 /// Frames of this many bytes or more go through shared memory.
+///
+/// Such a frame is copied into a fresh shared-memory segment (a `memfd` on Linux),
+/// whose descriptor is what goes through the socket; the receiver copies it
+/// out of the mapping. A smaller frame travels in the socket message itself. The
+/// cap ([`LinkConfig::max_frame`]) applies to both the same way.
 pub const SHARED_MEMORY_THRESHOLD: usize = 64 * 1024;
 
 /// The ipc-channel transport. Use the [`IPC`] instance.
+///
+/// It holds no state: the server, the secret and the channels of each worker live
+/// in [`spawn`](IpcTransport::spawn) and in the [`Link`] it returns.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct IpcTransport;
 
@@ -38,15 +80,25 @@ pub struct IpcTransport;
 pub static IPC: IpcTransport = IpcTransport;
 
 /// One frame on the wire.
+///
+/// Which variant a frame takes depends on its length alone (see
+/// [`SHARED_MEMORY_THRESHOLD`]); the receiver accepts either.
 #[derive(Serialize, Deserialize)]
 enum Wire {
+    /// A frame below the threshold, in the message itself. `serde_bytes` encodes it
+    /// as one byte string rather than a sequence of `u8` values.
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A frame at or above the threshold, in a shared-memory segment.
     Shared(IpcSharedMemory),
 }
 
 /// What a worker sends the pool through the one-shot server.
+///
+/// The worker makes both channels and keeps the other halves, so the pool learns
+/// of the link only from this message.
 #[derive(Serialize, Deserialize)]
 struct Bootstrap {
+    /// The worker's [`SECRET_ENV`], proving it is the child the pool started.
     secret: String,
     /// The pool sends requests here.
     requests: IpcSender<Wire>,
@@ -55,10 +107,26 @@ struct Bootstrap {
 }
 
 impl Transport for IpcTransport {
+    /// `"ipc"`: the name procpool-core writes into the worker's environment
+    /// marker, by which the worker finds this transport again.
     fn name(&self) -> &'static str {
         "ipc"
     }
 
+    /// Starts the child with the server's name and a fresh secret in its
+    /// environment, then waits (up to [`LinkConfig::startup_timeout`]) for it to
+    /// connect and present the secret, as the [module docs](crate) show.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Io`] if the server, the secret or the child cannot be made;
+    /// - [`Error::Protocol`] if the connection presents a wrong secret or a
+    ///   malformed bootstrap, [`Error::Io`] if accepting fails (the helper thread
+    ///   cannot start, the connection closes before its message): the child is
+    ///   killed and reaped first.
+    ///
+    /// A child that exits or times out before connecting is no error here (see the
+    /// module docs).
     fn spawn(&self, mut command: Command, config: LinkConfig) -> Result<(Child, Link), Error> {
         let (server, name) = new_server()?;
         let secret = random_secret()?;
@@ -79,6 +147,15 @@ impl Transport for IpcTransport {
         Ok((child, link))
     }
 
+    /// In a worker: connects to the pool's one-shot server, makes the two channels
+    /// and sends the pool its halves with the secret.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Startup`] if `PROCPOOL_IPC_SERVER` or `PROCPOOL_IPC_SECRET` is not
+    ///   set: this process was not started by [`IpcTransport::spawn`];
+    /// - [`Error::Io`] if the server cannot be reached (it is gone once the pool
+    ///   gave up on this worker), a channel cannot be made, or sending fails.
     fn connect(&self, config: LinkConfig) -> Result<Link, Error> {
         let (Ok(name), Ok(secret)) = (std::env::var(SERVER_ENV), std::env::var(SECRET_ENV)) else {
             return Err(Error::Startup(format!(
@@ -101,8 +178,13 @@ impl Transport for IpcTransport {
 
 /// How a worker's bootstrap ended.
 enum Accepted {
+    /// The worker connected with the right secret: the pool's sender of requests
+    /// and receiver of replies.
     Link(IpcSender<Wire>, IpcReceiver<Wire>),
+    /// The worker exited (or could not be waited for) before connecting, or the
+    /// acceptor thread ended without an answer.
     Exited,
+    /// The deadline passed with the worker alive and not connected.
     TimedOut,
 }
 
@@ -111,6 +193,17 @@ enum Accepted {
 /// `accept` blocks until someone connects, so it runs on its own thread while this
 /// one watches the child and the clock; if either gives up, a connection that sends
 /// nothing wakes the acceptor, so no thread is left behind.
+///
+/// The child and the clock are looked at every 5 ms while no connection has come.
+/// A connection that came is judged by its secret alone. The [`IpcReceiver`] that
+/// `accept` also returns, for further messages on the server's connection, is
+/// dropped: the bootstrap is the only one.
+///
+/// # Errors
+///
+/// - [`Error::Io`] if the acceptor thread cannot be started, or if accepting or
+///   reading the bootstrap fails at the socket level;
+/// - [`Error::Protocol`] for a malformed bootstrap or a wrong secret.
 fn accept(
     server: IpcOneShotServer<Bootstrap>,
     name: &str,
@@ -155,6 +248,9 @@ fn accept(
     }
 }
 
+/// Wraps the two channel ends into a [`Link`] with the cap of `config`, for either
+/// side: the pool passes its request sender and reply receiver, a worker its reply
+/// sender and request receiver.
 fn link(sender: IpcSender<Wire>, receiver: IpcReceiver<Wire>, config: LinkConfig) -> Link {
     Link {
         sender: Box::new(IpcFrameSender {
@@ -174,6 +270,14 @@ fn link(sender: IpcSender<Wire>, receiver: IpcReceiver<Wire>, config: LinkConfig
 /// ipc-channel creates the directory with the process umask (often 0755); it is
 /// closed to other users before any worker learns the name. Even in the instant
 /// before that, a stranger gains nothing: the worker must present its secret.
+///
+/// Returns the server with its name, the socket's path.
+///
+/// # Errors
+///
+/// [`Error::Io`] if the socket cannot be made or its directory's mode cannot be
+/// set; [`Error::Startup`] if the path has no parent directory, which ipc-channel
+/// never returns.
 fn new_server() -> Result<(IpcOneShotServer<Bootstrap>, String), Error> {
     use std::os::unix::fs::PermissionsExt;
     let (server, name) = IpcOneShotServer::<Bootstrap>::new()?;
@@ -185,6 +289,13 @@ fn new_server() -> Result<(IpcOneShotServer<Bootstrap>, String), Error> {
 }
 
 /// A random worker secret, as hex.
+///
+/// 128 bits from [`procpool_core::transport::random_secret`], as 32 lowercase hex
+/// digits, zero-padded: text, so that it fits in an environment variable.
+///
+/// # Errors
+///
+/// [`Error::Io`] if `/dev/urandom` cannot be read.
 fn random_secret() -> Result<String, Error> {
     Ok(format!(
         "{:032x}",
@@ -192,6 +303,12 @@ fn random_secret() -> Result<String, Error> {
     ))
 }
 
+/// procpool's error for an ipc-channel one.
+///
+/// A closed channel becomes an I/O error of kind `BrokenPipe`, as a write to a dead
+/// worker is with the pipe transport; a message that does not decode is a
+/// [`Error::Protocol`]. (Receivers turn a closed channel into [`Received::Closed`]
+/// before they get here.)
 fn ipc_error(e: IpcError) -> Error {
     match e {
         IpcError::Io(io) => Error::from(io),
@@ -201,12 +318,33 @@ fn ipc_error(e: IpcError) -> Error {
 }
 
 /// The sending half of an ipc link.
+///
+/// It keeps [`FrameSender::capacity`]'s default of 64 KiB: the pool sends ahead of
+/// a busy worker as much as a pipe would hold.
 struct IpcFrameSender {
+    /// The channel to the other process.
     sender: IpcSender<Wire>,
+    /// The link's frame cap: a longer frame is refused before anything is sent.
     max_frame: usize,
 }
 
 impl FrameSender for IpcFrameSender {
+    /// Sends the parts as one [`Wire`] message.
+    ///
+    /// A large frame made of a single part goes into shared memory straight from
+    /// that part; a frame of several parts is joined into one buffer first (and then
+    /// copied into shared memory if it is large).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Protocol`] for a frame over the cap (nothing is sent);
+    /// [`Error::Io`] if sending fails, `BrokenPipe` when the receiver is gone.
+    ///
+    /// # Panics
+    ///
+    /// For a large frame, if ipc-channel cannot create the shared-memory segment
+    /// (`memfd_create` or `ftruncate` fails: out of descriptors or memory); it
+    /// asserts rather than returning an error.
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), Error> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         check_outgoing(len, self.max_frame)?;
@@ -226,13 +364,34 @@ impl FrameSender for IpcFrameSender {
 
 /// The receiving half of an ipc link.
 struct IpcFrameReceiver {
+    /// The channel from the other process.
     receiver: IpcReceiver<Wire>,
+    /// The link's frame cap, checked on each message received.
     max_frame: usize,
     /// What `arriving_within` saw arrive, for the next `recv`.
+    ///
+    /// ipc-channel cannot look at a message without taking it, so a message (or an
+    /// error, such as the channel's end) found while watching is kept here and
+    /// handed out first.
     early: Option<Result<Wire, TryRecvError>>,
 }
 
 impl FrameReceiver for IpcFrameReceiver {
+    /// Takes the next message, [`early`](IpcFrameReceiver::early) first, and puts
+    /// its frame in `buf`: an inline frame replaces `buf`, a shared one is copied
+    /// into it.
+    ///
+    /// With a `deadline`, waits until then for a message; a message kept in `early`
+    /// is returned whatever the deadline. A closed channel is [`Received::Closed`].
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Protocol`] for a frame over the cap, or a message that does not
+    ///   decode;
+    /// - [`Error::Io`] if receiving fails otherwise.
+    ///
+    /// The cap is checked once the message is in: ipc-channel has received (and, for
+    /// an inline frame, allocated) it by then, but it goes no further.
     fn recv(&mut self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> Result<Received, Error> {
         let message = match (self.early.take(), deadline) {
             (Some(early), _) => early,
@@ -262,6 +421,9 @@ impl FrameReceiver for IpcFrameReceiver {
         Ok(Received::Frame)
     }
 
+    /// Calls `try_recv` over and over for up to `spin` ([`watch`]); whatever it
+    /// gets but "empty" (a message, the end, an error) goes into
+    /// [`early`](IpcFrameReceiver::early) and counts as arrived.
     fn arriving_within(&mut self, spin: Duration) -> Result<bool, Error> {
         if self.early.is_some() {
             return Ok(true);
@@ -278,7 +440,11 @@ impl FrameReceiver for IpcFrameReceiver {
 
 /// A link to a worker that never connected: the pool sees `outcome` on its first
 /// receive (the handshake), then reaps the worker.
+///
+/// No channel exists, so nothing is held open: both halves are stubs.
 fn dead_link(outcome: Received) -> Link {
+    /// A sender whose every frame fails with `BrokenPipe`, as a write to a dead
+    /// worker does.
     struct Nowhere;
     impl FrameSender for Nowhere {
         fn send(&mut self, _: &[&[u8]]) -> Result<(), Error> {
@@ -287,6 +453,8 @@ fn dead_link(outcome: Received) -> Link {
             )))
         }
     }
+    /// A receiver that answers every [`recv`](FrameReceiver::recv) with the
+    /// outcome it holds, at once, whatever the deadline.
     struct Dead(Received);
     impl FrameReceiver for Dead {
         fn recv(&mut self, _: &mut Vec<u8>, _: Option<Instant>) -> Result<Received, Error> {

@@ -1,5 +1,16 @@
 //! Length-prefixed frames: a little-endian `u32` length, then that many bytes.
 //!
+//! ```text
+//! ┌──────────────────┬──────────────────────────────┐
+//! │ len: u32, LE     │ len bytes (postcard message) │  ← one frame
+//! └──────────────────┴──────────────────────────────┘
+//!   PREFIX = 4 bytes   0 ..= max_frame bytes
+//! ```
+//!
+//! A pipe is a byte stream without message boundaries: the prefix is what tells
+//! where a frame ends, and an empty frame (`len` 0) is a valid one. The payload is
+//! opaque here; procpool-core encodes it with postcard.
+//!
 //! The reader checks the announced length against the cap before reading, and grows
 //! its buffer only as bytes actually arrive, so a hostile prefix (4 GiB, say) costs
 //! nothing but an error.
@@ -10,12 +21,30 @@ use procpool_core::transport::{check_incoming, check_outgoing};
 use procpool_core::{Error, Received};
 
 /// Bytes of the length prefix.
+///
+/// A `u32`, so no frame is longer than 4 GiB − 1, whatever the cap.
 pub const PREFIX: usize = 4;
 
 /// Most bytes reserved ahead of a frame's arrival; the rest grows as it comes.
+///
+/// [`read_frame`] first makes room for `min(len, RESERVE_AHEAD)` bytes, then, each
+/// time that room is full, for as much again as it holds (never past `len`):
+/// 1 MiB, 2 MiB, 4 MiB, ... for a large frame.
 const RESERVE_AHEAD: usize = 1 << 20;
 
 /// Writes one frame made of `parts` and flushes.
+///
+/// The parts are written one after the other behind a single prefix holding their
+/// total length, so a caller can send a header and a payload without joining them.
+/// The flush at the end makes the frame leave a buffered `w` at once: the reader
+/// is waiting for it.
+///
+/// # Errors
+///
+/// - [`Error::Protocol`] if the parts add up to more than `max_frame` bytes, or to
+///   more than a `u32` can announce; nothing is written then;
+/// - [`Error::Io`] if writing or flushing fails (`EPIPE` when the reader is gone);
+///   part of the frame may have been written.
 pub fn write_frame<W: Write>(w: &mut W, parts: &[&[u8]], max_frame: usize) -> Result<(), Error> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     check_outgoing(len, max_frame)?;
@@ -32,6 +61,21 @@ pub fn write_frame<W: Write>(w: &mut W, parts: &[&[u8]], max_frame: usize) -> Re
 /// Reads one frame into `buf`. A clean end of stream before a frame is
 /// [`Received::Closed`]; an end inside one, or a length over `max_frame`, is an
 /// [`Error::Protocol`].
+///
+/// `buf` is cleared first and holds exactly the frame's payload on success; its
+/// allocation is reused from one frame to the next. Reads interrupted by a signal
+/// are retried. This never returns [`Received::TimedOut`]: waiting with a deadline
+/// is the caller's business, before the frame starts.
+///
+/// # Errors
+///
+/// - [`Error::Protocol`] if the stream ends inside the prefix or the payload, or if
+///   the prefix announces more than `max_frame` bytes (checked before anything is
+///   allocated);
+/// - [`Error::Io`] if a read fails.
+///
+/// After an error, `buf` holds no complete frame, and the stream is no longer at a
+/// frame boundary: nothing more can be read from it as frames.
 pub fn read_frame<R: BufRead>(
     r: &mut R,
     buf: &mut Vec<u8>,

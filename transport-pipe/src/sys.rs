@@ -1,6 +1,18 @@
 //! The system calls the pipe transport needs that std does not wrap safely: placing
-//! the worker's pipe ends on fixed descriptors across `exec`, and adopting them in
-//! the worker.
+//! the worker's pipe ends on fixed descriptors across `exec`, adopting them in
+//! the worker, and writing with `SIGPIPE` blocked.
+//!
+//! The crate denies `unsafe` code everywhere else; this module allows it, and each
+//! block says why it is sound. Three groups:
+//!
+//! - in the parent, between `fork` and `exec`: [`place_on_exec`] registers a hook
+//!   that [`place`]s the child's ends on [`WORKER_READ_FD`] and [`WORKER_WRITE_FD`];
+//!   only async-signal-safe system calls are allowed there, so the hook allocates
+//!   nothing and takes no lock;
+//! - in the worker, once: [`adopt_worker_fds`] turns the raw descriptors 3 and 4
+//!   into [`OwnedFd`]s, after checking that they are pipes;
+//! - around a write from a thread that does not keep `SIGPIPE` blocked:
+//!   [`without_sigpipe`], with [`sigpipe_set`] and [`discard_pending_sigpipe`].
 #![allow(unsafe_code)]
 
 use std::io;
@@ -13,6 +25,9 @@ use rustix::fs::{FileType, fstat};
 use rustix::io::{FdFlags, dup2, fcntl_setfd};
 
 /// Descriptor on which a worker reads requests.
+///
+/// The first after stdin, stdout and stderr, which the worker keeps as the
+/// program's own.
 pub(crate) const WORKER_READ_FD: RawFd = 3;
 /// Descriptor on which a worker writes replies.
 pub(crate) const WORKER_WRITE_FD: RawFd = 4;
@@ -20,6 +35,14 @@ pub(crate) const WORKER_WRITE_FD: RawFd = 4;
 /// Makes the child started by `command` find `read` on [`WORKER_READ_FD`] and
 /// `write` on [`WORKER_WRITE_FD`]. Both must be above 4 (so placing one cannot
 /// clobber the other) and stay open until the child is spawned.
+///
+/// Only the raw numbers are moved into the hook: the parent keeps ownership, and
+/// the forked child sees the same descriptors under the same numbers. A failing
+/// `dup2` fails the hook, and with it `Command::spawn`, with that error.
+///
+/// # Panics
+///
+/// In debug builds, if `read` or `write` is 4 or below (a `debug_assert!`).
 pub(crate) fn place_on_exec(command: &mut Command, read: &OwnedFd, write: &OwnedFd) {
     let (read, write) = (read.as_raw_fd(), write.as_raw_fd());
     debug_assert!(read > WORKER_WRITE_FD && write > WORKER_WRITE_FD);
@@ -36,6 +59,13 @@ pub(crate) fn place_on_exec(command: &mut Command, read: &OwnedFd, write: &Owned
 }
 
 /// `dup2(from, to)`; the copy does not have close-on-exec, so it survives `exec`.
+///
+/// Whatever `to` was before (an inherited descriptor, say) is closed by `dup2`
+/// atomically. Runs in the forked child, so it must stay async-signal-safe.
+///
+/// # Errors
+///
+/// The `dup2` error (`EBADF` if `from` is not open, `EINTR`, ...).
 fn place(from: RawFd, to: RawFd) -> io::Result<()> {
     // SAFETY: `from` is open in this (forked) process for the whole call: the parent
     // holds it open until `spawn` returns.
@@ -50,10 +80,30 @@ fn place(from: RawFd, to: RawFd) -> io::Result<()> {
 /// In a worker: takes ownership of the pipe ends placed by [`place_on_exec`],
 /// after checking they are pipes, and marks them close-on-exec so that programs a
 /// task starts do not inherit them.
+///
+/// Returns `(read, write)`: descriptors [`WORKER_READ_FD`] and [`WORKER_WRITE_FD`].
+/// Call it once per process: a second call would own the same descriptors twice.
+///
+/// # Errors
+///
+/// Those of [`adopt`], for 3 first, then for 4.
 pub(crate) fn adopt_worker_fds() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((adopt(WORKER_READ_FD)?, adopt(WORKER_WRITE_FD)?))
 }
 
+/// Takes ownership of descriptor `fd` if it is a pipe (a FIFO, to `fstat`), and
+/// makes it close-on-exec.
+///
+/// The check keeps a process that was not started by the transport, but has `fd`
+/// open as something else, from adopting it: the [`OwnedFd`] would close a
+/// descriptor that belongs to other code.
+///
+/// # Errors
+///
+/// - `EBADF` (from `fstat`) if `fd` is not open;
+/// - [`io::ErrorKind::InvalidInput`] if it is open but not a pipe;
+/// - the `fcntl` error if close-on-exec cannot be set (the descriptor, adopted by
+///   then, is closed).
 fn adopt(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: a borrow for the duration of `fstat` only; if `fd` is not open, fstat
     // fails with EBADF and nothing else happens.
@@ -82,6 +132,13 @@ fn adopt(fd: RawFd) -> io::Result<OwnedFd> {
 /// The signal the failed write raised stays pending on this thread while it is
 /// blocked; it is taken off before the old mask is restored, so it is never
 /// delivered. Two `rt_sigprocmask` calls per frame, plus two more after a failure.
+///
+/// If the signal cannot be blocked (`pthread_sigmask` fails, which it does not for
+/// a valid set), `write` still runs, unguarded, and the mask is left alone.
+///
+/// # Errors
+///
+/// None of its own: the result of `write`, unchanged.
 pub(crate) fn without_sigpipe<T, E>(write: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     let pipe = sigpipe_set();
     // SAFETY: an all-zero sigset_t is a valid (empty) set for the kernel to overwrite.
@@ -102,6 +159,9 @@ pub(crate) fn without_sigpipe<T, E>(write: impl FnOnce() -> Result<T, E>) -> Res
 }
 
 /// The set holding `SIGPIPE` alone.
+///
+/// Built with `sigemptyset` and `sigaddset`, the portable way to fill a
+/// `sigset_t`, whose layout is the C library's.
 fn sigpipe_set() -> libc::sigset_t {
     // SAFETY: an all-zero sigset_t is valid storage for sigemptyset to initialise.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -115,6 +175,11 @@ fn sigpipe_set() -> libc::sigset_t {
 
 /// Takes a pending `SIGPIPE` off the calling thread (with `SIGPIPE` blocked), if
 /// there is one; never waits.
+///
+/// `sigpending` says whether one is pending; `sigtimedwait` with a zero timeout
+/// then accepts it, which removes it without running any handler. Without this,
+/// restoring a mask that does not block `SIGPIPE` would deliver it at once. Failures
+/// are ignored: at worst, the signal is delivered as it would have been unguarded.
 fn discard_pending_sigpipe(pipe: &libc::sigset_t) {
     // SAFETY: an all-zero sigset_t is valid storage for sigpending to fill.
     let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
