@@ -83,7 +83,7 @@ thread_local! {
 /// Whether the calling thread, building a pool, is scheduled normally
 /// (`SCHED_OTHER`), or is a driver of another pool switched from that (a pool built
 /// in a callback).
-pub(crate) fn caller_scheduled_normally() -> bool {
+pub(crate) fn builds_batch_drivers() -> bool {
     // SAFETY: sched_getscheduler(0) reads the calling thread's policy; no pointers.
     BATCH_THREAD.with(Cell::get) || unsafe { libc::sched_getscheduler(0) } == libc::SCHED_OTHER
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::caller::result::{self, Progress};
-use crate::engine::{Batch, Job, Reply, ReplySink, Shared, lock};
+use crate::engine::{Batch, Call, Engine, Reply, ReplySink, lock};
 use crate::error::Error;
 
 /// The results of one chunk, in order: the values, and apart from them the few
@@ -295,8 +295,8 @@ pub struct Imap<R> {
     task: &'static str,
     chunksize: usize,
     ordered: bool,
-    job: Arc<Job>,
-    /// Shared with the feeder thread.
+    job: Arc<Call>,
+    /// Engine with the feeder thread.
     link: Arc<Link>,
     /// `None` once dropped.
     feeder: Option<JoinHandle<()>>,
@@ -364,7 +364,7 @@ impl Link {
 
 /// The feeder thread of an [`Imap`]: reads the input, submits its chunks.
 struct Feeder<R> {
-    shared: Arc<Shared>,
+    shared: Arc<Engine>,
     task: &'static str,
     /// The input, read and encoded.
     source: Source,
@@ -372,7 +372,7 @@ struct Feeder<R> {
     /// Most items read ahead of the consumer.
     ahead: usize,
     /// The stream's cancellation flag, in each batch.
-    job: Arc<Job>,
+    job: Arc<Call>,
     /// The stream's [`Decoder`], in each batch.
     sink: Arc<dyn ReplySink>,
     /// Where the end of the input is told.
@@ -537,7 +537,7 @@ impl<R> std::fmt::Debug for Imap<R> {
 impl<R: DeserializeOwned + Send + 'static> Imap<R> {
     /// Starts the stream: its feeder thread starts reading `source` now.
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        shared: Arc<Engine>,
         task: &'static str,
         source: Source,
         total: Option<usize>,
@@ -548,7 +548,7 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
         let ahead = CHUNKS_PER_WORKER
             .saturating_mul(shared.config.processes)
             .saturating_mul(chunksize);
-        let job = Arc::new(Job::of(&shared));
+        let job = Arc::new(Call::of(&shared));
         let link = Arc::new(Link {
             consumed: AtomicUsize::new(0),
             wake_at: AtomicUsize::new(usize::MAX),

@@ -19,7 +19,7 @@ use crate::error::chunk_too_large;
 
 use crate::caller::imap::{Fill, Imap, Source};
 use crate::caller::result::{AsyncResult, Callbacks, Collector, Progress, decode_reply};
-use crate::engine::{self, Batch, Config, HEADER_ROOM, Initializer, Job, ReplySink, Shared, lock};
+use crate::engine::{self, Batch, Call, Config, Engine, HEADER_ROOM, Initializer, ReplySink, lock};
 use crate::error::Error;
 use crate::process;
 use crate::task::Task;
@@ -35,7 +35,7 @@ use crate::wire::registry::{self, TaskEntry};
 ///
 /// Dropping the pool terminates and reaps its workers: no orphan, no zombie.
 pub struct Pool {
-    shared: Arc<Shared>,
+    shared: Arc<Engine>,
     drivers: Mutex<Drivers>,
     /// Signalled when the drivers have been joined.
     joined: Condvar,
@@ -249,7 +249,7 @@ impl PoolBuilder {
                 .first()
                 .ok_or_else(|| Error::InvalidArgument("no transport is compiled in".into()))?,
         };
-        let shared = Arc::new(Shared::new(Config {
+        let shared = Arc::new(Engine::new(Config {
             processes,
             transport,
             link: LinkConfig {
@@ -261,7 +261,7 @@ impl PoolBuilder {
             initializer,
             task_timeout: self.task_timeout,
             retry_lost_tasks: self.retry_lost_tasks,
-            batch_drivers: crate::sys::caller_scheduled_normally(),
+            batch_drivers: crate::sys::builds_batch_drivers(),
             memory_limit: self.memory_limit,
             secret: crate::transport::random_secret()?,
         }));
@@ -521,7 +521,7 @@ impl Pool {
             };
         }
         // No idle worker: queue the arguments already encoded.
-        let job = Arc::new(Job::of(&self.shared));
+        let job = Arc::new(Call::of(&self.shared));
         let collector = Collector::new(entry.name(), Arc::clone(&job), 1, single, Callbacks::new());
         let sink: Arc<dyn ReplySink> = collector.clone();
         if let Err(e) = self.send_chunk(entry, &job, &sink, 0, 1, payload) {
@@ -715,7 +715,7 @@ impl Pool {
     fn send_chunk(
         &self,
         entry: &'static TaskEntry,
-        job: &Arc<Job>,
+        job: &Arc<Call>,
         sink: &Arc<dyn ReplySink>,
         first: usize,
         count: usize,
@@ -771,7 +771,7 @@ impl Pool {
         let chunk = chunksize
             .unwrap_or_else(|| default_chunksize(total, self.processes()))
             .min(u32::MAX as usize);
-        let job = Arc::new(Job::of(&self.shared));
+        let job = Arc::new(Call::of(&self.shared));
         let collector =
             Collector::<T, R>::new(entry.name(), Arc::clone(&job), total, finish, callbacks);
         let sink: Arc<dyn ReplySink> = collector.clone();

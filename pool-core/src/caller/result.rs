@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use crate::engine::{Job, Reply, ReplySink, lock};
+use crate::engine::{Call, Reply, ReplySink, lock};
 use crate::error::{Error, fewer_items};
 use crate::wire::protocol::{self, Items, STATUS_FAILED, STATUS_OK};
 
@@ -179,7 +179,7 @@ fn decode_failure(task: &str, item: &[u8], index: usize, pid: u32) -> Error {
 /// turned into `R` by `finish` (`Vec<T>` for `map`, the single `T` for `apply`).
 pub(crate) struct Collector<T, R> {
     task: &'static str,
-    job: Arc<Job>,
+    job: Arc<Call>,
     total: usize,
     started: Instant,
     finish: fn(Vec<T>) -> Result<R, Error>,
@@ -233,7 +233,7 @@ struct Settling<T, R> {
 impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
     pub(crate) fn new(
         task: &'static str,
-        job: Arc<Job>,
+        job: Arc<Call>,
         total: usize,
         finish: fn(Vec<T>) -> Result<R, Error>,
         callbacks: Callbacks<R>,
@@ -597,7 +597,7 @@ mod tests {
     }
 
     fn collector(total: usize) -> Arc<Collector<u32, Vec<u32>>> {
-        Collector::new("t", Arc::new(Job::default()), total, Ok, Callbacks::new())
+        Collector::new("t", Arc::new(Call::default()), total, Ok, Callbacks::new())
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{ResultFrame, Shared, lock};
+use super::{Engine, ResultFrame, lock};
 use crate::error::{Error, WorkerExit};
 use crate::sys;
 use crate::transport::{Link, Received};
@@ -40,7 +40,7 @@ const DIRECT_SPIN: Duration = Duration::from_micros(100);
 
 /// One chunk of work as it goes on the wire: its items are the concatenation of
 /// `items` (several batches may travel in one frame).
-pub(super) struct Request<'a> {
+pub(super) struct Frame<'a> {
     pub(super) task: &'static str,
     pub(super) first_index: usize,
     pub(super) count: u32,
@@ -77,7 +77,7 @@ pub(super) struct Connection {
 impl Connection {
     /// Starts a worker for driver `slot`, completes the handshake and runs the
     /// initializer.
-    pub(super) fn start(shared: &Shared, slot: usize) -> Result<Connection, Error> {
+    pub(super) fn start(shared: &Engine, slot: usize) -> Result<Connection, Error> {
         let config = &shared.config;
         let mut command = Command::new("/proc/self/exe");
         let mut args = std::env::args_os();
@@ -184,11 +184,11 @@ impl Connection {
     }
 
     /// Runs the pool's initializer, if any; a failure keeps the worker out of the pool.
-    fn initialize(&mut self, shared: &Shared) -> Result<(), LinkFailure> {
+    fn initialize(&mut self, shared: &Engine) -> Result<(), LinkFailure> {
         let Some(init) = &shared.config.initializer else {
             return Ok(());
         };
-        let request = Request {
+        let frame = Frame {
             task: init.task,
             first_index: 0,
             count: 1,
@@ -201,7 +201,7 @@ impl Connection {
             .config
             .task_timeout
             .unwrap_or(shared.config.link.startup_timeout);
-        let id = self.send(shared, &request)?;
+        let id = self.send(shared, &frame)?;
         let frame = self
             .receive_within(id, 1, Some(limit))?
             .map_err(LinkFailure::Broken)?;
@@ -215,43 +215,39 @@ impl Connection {
         }
     }
 
-    /// Sends one request and waits for its answer. `Ok(Err(..))` is a batch the
+    /// Sends one frame and waits for its answer. `Ok(Err(..))` is a batch the
     /// worker refused (it lives on).
     pub(super) fn exchange(
         &mut self,
-        shared: &Shared,
-        request: &Request<'_>,
+        shared: &Engine,
+        frame: &Frame<'_>,
     ) -> Result<Result<ResultFrame, Error>, LinkFailure> {
-        let id = self.send(shared, request)?;
+        let id = self.send(shared, frame)?;
         // The caller waits anyway: watch for a quick answer before going to sleep.
         self.link.receiver.arriving_within(DIRECT_SPIN)?;
-        self.receive(shared, id, request.count)
+        self.receive(shared, id, frame.count)
     }
 
     /// Writes one batch to the worker; returns its id.
-    pub(super) fn send(
-        &mut self,
-        shared: &Shared,
-        request: &Request<'_>,
-    ) -> Result<u64, LinkFailure> {
+    pub(super) fn send(&mut self, shared: &Engine, frame: &Frame<'_>) -> Result<u64, LinkFailure> {
         let id = shared.next_batch.fetch_add(1, Ordering::Relaxed);
-        let msg = ToWorker::Batch {
+        let msg = ToWorker::Run {
             id,
-            task: request.task,
-            first_index: request.first_index as u64,
-            count: request.count,
-            progress: shared.config.task_timeout.is_some() && request.count > 1,
-            linger: request.direct,
+            task: frame.task,
+            first_index: frame.first_index as u64,
+            count: frame.count,
+            report_starts: shared.config.task_timeout.is_some() && frame.count > 1,
+            direct: frame.direct,
         };
         protocol::encode_header(&msg, &mut self.header)?;
-        let mut parts = Vec::with_capacity(request.items.len() + 1);
+        let mut parts = Vec::with_capacity(frame.items.len() + 1);
         parts.push(&self.header[..]);
-        parts.extend_from_slice(request.items);
+        parts.extend_from_slice(frame.items);
         self.link.sender.send(&parts).map_err(|e| match e {
             Error::Io(_) => LinkFailure::Unsent,
             other => LinkFailure::from(other),
         })?;
-        self.items_sent += request.count as usize;
+        self.items_sent += frame.count as usize;
         self.last_sent = id;
         Ok(id)
     }
@@ -260,7 +256,7 @@ impl Connection {
     /// pool has a task time limit.
     pub(super) fn receive(
         &mut self,
-        shared: &Shared,
+        shared: &Engine,
         id: u64,
         count: u32,
     ) -> Result<Result<ResultFrame, Error>, LinkFailure> {
@@ -286,8 +282,8 @@ impl Connection {
             let (msg, rest) = protocol::decode_header::<FromWorker<'_>>(&frame)?;
             let offset = frame.len() - rest.len();
             match msg {
-                FromWorker::Progress { id: got, done: now } if got == id && now < count => {
-                    done = now;
+                FromWorker::Started { id: got, item } if got == id && item < count => {
+                    done = item;
                 }
                 FromWorker::Done { id: got, count: n } if got == id && n == count => {
                     self.items_done += count as usize;
@@ -307,7 +303,7 @@ impl Connection {
     }
 
     /// Stops the worker (politely unless the pool is terminating) and reaps it.
-    pub(super) fn shutdown(mut self, shared: &Shared) {
+    pub(super) fn shutdown(mut self, shared: &Engine) {
         if !shared.is_terminating()
             && protocol::encode_header(&ToWorker::Shutdown, &mut self.header).is_ok()
             && self.link.sender.send(&[&self.header]).is_ok()
@@ -323,13 +319,13 @@ impl Connection {
     /// Makes sure the worker is gone and returns how it ended. Unless the pool is
     /// terminating, a worker that is already exiting gets up to 100 ms to finish, so
     /// its own exit status (not our SIGKILL) is reported.
-    pub(super) fn reap(&mut self, shared: &Shared) -> WorkerExit {
+    pub(super) fn reap(&mut self, shared: &Engine) -> WorkerExit {
         self.reap_within(shared, Duration::from_millis(100))
     }
 
     /// [`reap`](Self::reap), giving the worker up to `grace` to exit by itself. The
     /// process table lock is not held while waiting; `terminate` ends the wait.
-    fn reap_within(&mut self, shared: &Shared, grace: Duration) -> WorkerExit {
+    fn reap_within(&mut self, shared: &Engine, grace: Duration) -> WorkerExit {
         self.reap_status(shared, grace).0
     }
 
@@ -338,7 +334,7 @@ impl Connection {
     /// a protocol error, so its chunk may be retried.
     pub(super) fn reap_failed(
         &mut self,
-        shared: &Shared,
+        shared: &Engine,
         failure: LinkFailure,
     ) -> (WorkerExit, LinkFailure) {
         let (exit, by_itself) = self.reap_status(shared, Duration::from_millis(100));
@@ -380,7 +376,7 @@ impl Connection {
     }
 
     /// How the worker ended, and whether it did so by itself (not by our SIGKILL).
-    fn reap_status(&mut self, shared: &Shared, grace: Duration) -> (WorkerExit, bool) {
+    fn reap_status(&mut self, shared: &Engine, grace: Duration) -> (WorkerExit, bool) {
         let Some(mut child) = lock(&shared.children[self.slot]).take() else {
             return (WorkerExit::Unknown, false);
         };

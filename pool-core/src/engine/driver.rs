@@ -6,8 +6,8 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::connection::{Connection, LinkFailure, Request};
-use super::{Batch, ResultFrame, Shared, lock};
+use super::connection::{Connection, Frame, LinkFailure};
+use super::{Batch, Engine, HEADER_ROOM, ResultFrame, lock};
 use crate::error::chunk_too_large;
 use crate::error::{Error, WorkerExit};
 
@@ -24,16 +24,12 @@ const SEND_AHEAD_BELOW: Duration = Duration::from_micros(500);
 /// writing to each other (see [`ahead_frame`]).
 const PIPELINE_MAX_FRAME: usize = 12 * 1024;
 
-/// Room kept in a frame sent ahead for its length prefix and header (the task's
-/// name is in it).
-const FRAME_OVERHEAD: usize = 512;
-
 /// Largest payload a frame sent ahead may carry on a link holding `capacity` bytes:
 /// [`PIPELINE_DEPTH`] frames of it, with their headers, fit.
 pub(super) fn ahead_frame(capacity: usize) -> usize {
     (capacity / PIPELINE_DEPTH)
         .min(PIPELINE_MAX_FRAME)
-        .saturating_sub(FRAME_OVERHEAD)
+        .saturating_sub(HEADER_ROOM)
 }
 
 /// Small batches of a quick task go to a worker several in one frame (each keeps its
@@ -47,7 +43,7 @@ const GROUP_MAX_ITEMS: usize = 4096;
 
 /// The body of driver thread `slot`. Reports the first worker's start-up through
 /// `started`, then serves the queue until the pool closes.
-pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32, Error>>) {
+pub(crate) fn drive(shared: Arc<Engine>, slot: usize, started: Sender<Result<u32, Error>>) {
     super::DRIVER_OF.with(|pool| pool.set(Arc::as_ptr(&shared) as usize));
     crate::sys::block_sigpipe();
     if shared.config.batch_drivers {
@@ -77,7 +73,7 @@ pub(crate) fn drive(shared: Arc<Shared>, slot: usize, started: Sender<Result<u32
 /// The connection behind a held link, starting a new worker if the last one was
 /// lost by a direct call.
 fn connection<'a>(
-    shared: &Shared,
+    shared: &Engine,
     slot: usize,
     link: &'a mut MutexGuard<'_, Option<Connection>>,
 ) -> Result<&'a mut Connection, Error> {
@@ -89,7 +85,7 @@ fn connection<'a>(
 
 /// The driver's loop: batches from the queue to the worker of `slot` and back.
 /// Returns why it gave up, or `None` when the pool closed.
-fn serve(shared: &Shared, slot: usize) -> Option<Error> {
+fn serve(shared: &Engine, slot: usize) -> Option<Error> {
     // Time limits are measured per batch: no sending ahead then.
     let depth = if shared.config.task_timeout.is_some() {
         1
@@ -177,14 +173,14 @@ fn serve(shared: &Shared, slot: usize) -> Option<Error> {
                 continue;
             }
             let parts: Vec<&[u8]> = group.iter().map(|b| &b.payload[..]).collect();
-            let request = Request {
+            let frame = Frame {
                 task,
                 first_index: group[0].first_index,
                 count: group.iter().map(|b| b.count).sum(),
                 items: &parts,
                 direct: false,
             };
-            let sent = conn.send(shared, &request);
+            let sent = conn.send(shared, &frame);
             drop(parts);
             match sent {
                 Ok(id) => in_flight.push_back((group, id)),
@@ -376,7 +372,7 @@ fn fates(counts: impl IntoIterator<Item = (usize, u32)>, at: Option<u32>) -> Vec
 ///
 /// The running batch's error is delivered first, so a `map` reports it.
 fn worker_lost(
-    shared: &Shared,
+    shared: &Engine,
     conn: &mut Connection,
     in_flight: &mut VecDeque<(Vec<Batch>, u64)>,
     unsent: Option<Vec<Batch>>,
@@ -468,7 +464,7 @@ fn worker_lost(
 /// Hands each batch of a frame its part of the reply, or, for a group the worker
 /// could not answer in one frame (its results are over the cap), sends each batch
 /// again in a frame of its own.
-fn answered(shared: &Shared, group: Vec<Batch>, pid: u32, outcome: Result<ResultFrame, Error>) {
+fn answered(shared: &Engine, group: Vec<Batch>, pid: u32, outcome: Result<ResultFrame, Error>) {
     if group.len() > 1 && outcome.is_err() {
         let solo = group
             .into_iter()
@@ -487,7 +483,7 @@ fn answered(shared: &Shared, group: Vec<Batch>, pid: u32, outcome: Result<Result
 /// `index` of the input (for a time-out, the item of the batch's first index plus
 /// the items done).
 pub(super) fn failure_error(
-    shared: &Shared,
+    shared: &Engine,
     task: &str,
     index: usize,
     pid: u32,
@@ -521,11 +517,11 @@ mod tests {
     #[test]
     fn frames_sent_ahead_fit_the_link() {
         // A 64 KiB pipe: the usual cap.
-        assert_eq!(ahead_frame(64 * 1024), PIPELINE_MAX_FRAME - FRAME_OVERHEAD);
+        assert_eq!(ahead_frame(64 * 1024), PIPELINE_MAX_FRAME - HEADER_ROOM);
         // A one-page pipe (the user is over pipe-user-pages-soft): small frames only,
         // and all of them with their headers fit.
         let small = ahead_frame(4096);
-        assert!(small > 0 && PIPELINE_DEPTH * (small + FRAME_OVERHEAD) <= 4096);
+        assert!(small > 0 && PIPELINE_DEPTH * (small + HEADER_ROOM) <= 4096);
         // Too small to send anything ahead.
         assert_eq!(ahead_frame(1024), 0);
     }

@@ -4,7 +4,7 @@
 //! writes it to the worker, waits for the results and hands them to the batch's
 //! sink; then the next (keeping a few small, quick batches in flight: see
 //! `driver`). `apply` may borrow an idle driver's worker from the calling thread
-//! (`Shared::run_direct`). A worker that dies, breaks the protocol or runs past the
+//! (`Engine::run_direct`). A worker that dies, breaks the protocol or runs past the
 //! task time limit is reaped and replaced by the same driver, and the batch it held
 //! gets an error. Every batch reaches its sink exactly once — run, failed, or
 //! dropped from the queue by `terminate` (see `Drop for Batch`) — so a caller
@@ -74,20 +74,21 @@ pub(crate) trait ReplySink: Send + Sync {
     fn deliver(&self, reply: Reply) -> Option<usize>;
 }
 
-/// A cancellation flag shared by the batches of one call.
+/// The call a batch belongs to: the cancellation flag its batches share, and the
+/// pool it was made on.
 #[derive(Debug, Default)]
-pub(crate) struct Job {
+pub(crate) struct Call {
     cancelled: AtomicBool,
-    /// The address of the pool's [`Shared`] (0: not known), to tell its drivers.
+    /// The address of the pool's [`Engine`] (0: not known), to tell its drivers.
     pool: usize,
 }
 
-impl Job {
+impl Call {
     /// The flag of a call to the pool of `shared`.
-    pub(crate) fn of(shared: &Shared) -> Self {
-        Job {
+    pub(crate) fn of(shared: &Engine) -> Self {
+        Call {
             cancelled: AtomicBool::new(false),
-            pool: shared as *const Shared as usize,
+            pool: shared as *const Engine as usize,
         }
     }
 
@@ -113,7 +114,7 @@ pub(crate) struct Batch {
     pub(crate) count: u32,
     /// The batch's encoded items.
     pub(crate) payload: Vec<u8>,
-    pub(crate) job: Arc<Job>,
+    pub(crate) job: Arc<Call>,
     /// Runs of this batch lost with a dead worker so far.
     pub(crate) retries: u32,
     /// Times this batch was requeued because its worker was found dead before it
@@ -261,7 +262,7 @@ struct State {
 
 /// State shared by the pool handle and its drivers.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct Engine {
     pub(crate) config: Config,
     state: Mutex<State>,
     work: Condvar,
@@ -275,7 +276,7 @@ pub(crate) struct Shared {
 }
 
 thread_local! {
-    /// On a driver thread: the address of its pool's [`Shared`] (0 elsewhere), so
+    /// On a driver thread: the address of its pool's [`Engine`] (0 elsewhere), so
     /// that a callback blocking on its own pool is refused instead of deadlocking.
     static DRIVER_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
@@ -290,10 +291,11 @@ pub(crate) fn blocking_in_callback() -> Error {
     )
 }
 
-/// Room kept in a frame for the batch header.
-pub(crate) const HEADER_ROOM: usize = 1024;
+/// Room kept in a frame for its header (and a transport's length prefix): what a
+/// batch may not use of the frame cap, and of the room of a frame sent ahead.
+pub(crate) const HEADER_ROOM: usize = 512;
 
-impl Shared {
+impl Engine {
     /// Largest encoded batch payload that fits a frame.
     pub(crate) fn max_chunk(&self) -> usize {
         self.config.link.max_frame.saturating_sub(HEADER_ROOM)
@@ -301,7 +303,7 @@ impl Shared {
 
     pub(crate) fn new(config: Config) -> Self {
         let processes = config.processes;
-        Shared {
+        Engine {
             config,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -364,10 +366,10 @@ impl Shared {
         }
     }
 
-    /// Runs one request on an idle worker from the calling thread, skipping the two
+    /// Runs one call on an idle worker from the calling thread, skipping the two
     /// thread hand-offs of the queue (the caller writes, the caller reads). `None`
     /// when no worker is idle or the pool's options need the driver (worker
-    /// recycling, retries): the caller then queues the request as usual.
+    /// recycling, retries): the caller then queues the call as usual.
     pub(crate) fn run_direct(&self, task: &'static str, items: &[u8]) -> Option<Reply> {
         let config = &self.config;
         if config.max_tasks_per_child.is_some()
@@ -393,7 +395,7 @@ impl Shared {
             let Some(conn) = guard.as_mut() else {
                 continue; // being replaced: the driver starts a new worker with its next batch
             };
-            let request = Request {
+            let frame = Frame {
                 task,
                 first_index: 0,
                 count: 1,
@@ -401,7 +403,7 @@ impl Shared {
                 direct: true,
             };
             let pid = conn.pid;
-            let outcome = match conn.exchange(self, &request) {
+            let outcome = match conn.exchange(self, &frame) {
                 Ok(outcome) => outcome,
                 Err(failure) => {
                     let sent = conn.last_sent;
@@ -555,7 +557,7 @@ impl Shared {
     /// driver threads (a callback): the driver would wait for itself, and with one
     /// worker, or all drivers in such callbacks, nothing would ever run.
     pub(crate) fn may_block_here(&self) -> Result<(), Error> {
-        if DRIVER_OF.with(std::cell::Cell::get) == self as *const Shared as usize {
+        if DRIVER_OF.with(std::cell::Cell::get) == self as *const Engine as usize {
             return Err(blocking_in_callback());
         }
         Ok(())
@@ -624,7 +626,7 @@ impl Shared {
     }
 }
 
-use connection::{Connection, LinkFailure, Request};
+use connection::{Connection, Frame, LinkFailure};
 pub(crate) use driver::drive;
 use driver::failure_error;
 

@@ -1,15 +1,16 @@
 //! The wire protocol between the pool and its workers.
 //!
 //! A transport moves opaque frames. Every frame starts with a postcard-encoded header
-//! ([`ToWorker`] or [`FromWorker`]); batch frames carry their items after the header:
-//! each item is a LEB128 length followed by that many bytes, so a bad item fails alone
-//! and the rest of the batch still decodes.
+//! ([`ToWorker`] or [`FromWorker`]); a frame of work (one batch, or several small
+//! batches of one task sent together) carries its items after the header: each item
+//! is a LEB128 length followed by that many bytes, so a bad item fails alone and the
+//! rest of the frame still decodes.
 //!
 //! ```text
-//! parent -> worker   Batch { id, task, first_index, count } | item | item | ...
+//! parent -> worker   Run { id, task, first_index, count, .. } | item | item | ...
 //!                    item   = len  postcard(args tuple)
-//! worker -> parent   Hello { magic, protocol, build_id, pid }       (first frame)
-//!                    Progress { id, done }                   (only if asked)
+//! worker -> parent   Hello { magic, protocol, build_id, pid, secret }   (first frame)
+//!                    Started { id, item }                      (only if asked)
 //!                    Done { id, count } | item | item | ...
 //!                    item   = len  status  postcard(output | ItemFailure)
 //! ```
@@ -32,7 +33,7 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToWorker<'a> {
     /// Run `task` on `count` items (they follow the header).
-    Batch {
+    Run {
         /// Identifies the reply.
         id: u64,
         /// Registered name of the task.
@@ -41,12 +42,13 @@ pub enum ToWorker<'a> {
         first_index: u64,
         /// Number of items.
         count: u32,
-        /// Send a [`FromWorker::Progress`] as each item but the last starts, so the
+        /// Send a [`FromWorker::Started`] as each item but the first starts, so the
         /// pool can time every item (used with a task time limit).
-        progress: bool,
-        /// A call the caller waits on (`apply`): after answering, watch a moment for
-        /// the next request before sleeping, as such calls often come in a loop.
-        linger: bool,
+        report_starts: bool,
+        /// A direct call, which the caller waits on (`apply`): after answering,
+        /// watch a moment for the next frame before sleeping, as such calls often
+        /// come in a loop.
+        direct: bool,
     },
     /// Exit cleanly.
     Shutdown,
@@ -64,12 +66,13 @@ pub enum FromWorker<'a> {
         /// Number of result items.
         count: u32,
     },
-    /// Item `done` (counted from 0 within the batch) of batch `id` has started.
-    Progress {
-        /// The batch.
+    /// Item `item` (counted from 0 within the frame) of frame `id` has started: the
+    /// items before it are done.
+    Started {
+        /// The frame.
         id: u64,
-        /// Items of the batch finished so far.
-        done: u32,
+        /// The item that started.
+        item: u32,
     },
     /// The worker could not run batch `id` at all.
     Refused {
@@ -360,13 +363,13 @@ mod tests {
     #[test]
     fn header_round_trip() {
         let mut buf = Vec::new();
-        let msg = ToWorker::Batch {
+        let msg = ToWorker::Run {
             id: 7,
             task: "a::b",
             first_index: 10,
             count: 3,
-            progress: true,
-            linger: false,
+            report_starts: true,
+            direct: false,
         };
         encode_header(&msg, &mut buf).unwrap();
         buf.extend_from_slice(b"rest");

@@ -89,18 +89,18 @@ impl Server {
                 Received::TimedOut => continue,
             }
             let (msg, payload) = protocol::decode_header::<ToWorker<'_>>(&frame)?;
-            let (id, task, count, progress) = match msg {
+            let (id, task, count, report_starts) = match msg {
                 ToWorker::Shutdown => return Ok(()),
-                ToWorker::Batch {
+                ToWorker::Run {
                     id,
                     task,
                     count,
-                    progress,
-                    linger: direct,
+                    report_starts,
+                    direct,
                     ..
                 } => {
                     linger = direct;
-                    (id, task, count, progress)
+                    (id, task, count, report_starts)
                 }
             };
             let entry = match cached
@@ -121,13 +121,16 @@ impl Server {
             results.clear();
             let sender = &mut self.link.sender;
             let header_buf = &mut header;
-            let mut started = |done: u32| -> Result<(), Error> {
-                protocol::encode_header(&FromWorker::Progress { id, done }, header_buf)?;
+            let mut started = |item: u32| -> Result<(), Error> {
+                protocol::encode_header(&FromWorker::Started { id, item }, header_buf)?;
                 sender.send(&[header_buf])
             };
-            let started: Option<&mut dyn FnMut(u32) -> Result<(), Error>> =
-                if progress { Some(&mut started) } else { None };
-            run_batch(entry, payload, count, &mut results, started, item)?;
+            let started: Option<&mut dyn FnMut(u32) -> Result<(), Error>> = if report_starts {
+                Some(&mut started)
+            } else {
+                None
+            };
+            run_frame(entry, payload, count, &mut results, started, item)?;
             // Let what tasks printed out before their results arrive.
             let _ = std::io::stdout().flush();
             protocol::encode_header(&FromWorker::Done { id, count }, &mut header)?;
@@ -150,7 +153,7 @@ impl Server {
 /// Runs `count` items of `entry` from `payload`, appending one result item each;
 /// `started(k)`, if given, is called before item `k > 0` runs, and `item` is set to
 /// `k` as item `k` starts.
-fn run_batch<'a>(
+fn run_frame<'a>(
     entry: &TaskEntry,
     payload: &'a [u8],
     count: u32,
