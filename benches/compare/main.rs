@@ -1,7 +1,9 @@
-//! The Rust side of the comparison with Python's `multiprocessing.Pool`.
+//! The Rust side of the comparison with Python's `multiprocessing.Pool`: a bench
+//! target with its own `main` (`harness = false`).
 //!
-//! `cargo run --release --example compare --features ipc -- [--transport pipe|ipc]
+//! `cargo bench --bench compare --features ipc -- [--transport pipe|ipc]
 //! [--processes N] [--repeat R] [--no-reference] [SCENARIO...]`
+//! (`cargo bench` adds `--bench` to the arguments; it is ignored).
 //!
 //! Runs the scenarios of the reference benchmark (`benches/python_reference.py`)
 //! with the same names, sizes and metrics, and prints one JSON object per line on
@@ -156,6 +158,8 @@ fn parse_args() -> Res<(Bench, Vec<String>)> {
             "--repeat" => repeat = count(&value("--repeat")?, "--repeat")?,
             "--transport" => transport = value("--transport")?,
             "--no-reference" => reference = false,
+            // `cargo bench -- ARGS` runs this binary with `ARGS --bench`.
+            "--bench" => {}
             "-h" | "--help" => {
                 println!("{USAGE}\nscenarios: {}", SCENARIOS.join(", "));
                 std::process::exit(0);
