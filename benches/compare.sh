@@ -4,14 +4,14 @@
 #   bash benches/compare.sh [--processes N] [--repeat R] [--rounds K]
 #                           [--start-method M] [--out DIR] [SCENARIO ...]
 #
-# Runs benches/python_reference.py, then the Rust runner (examples/compare.rs) over
-# the pipe and the ipc transport, all with the same --processes, --repeat and
-# scenarios, and prints one Markdown table joined on (scenario, metric). The
-# raw-pipe and rayon reference rows come from the pipe run. With --rounds K the
-# three runs take turns K times and each figure is the best of its rounds, so that
-# on a shared, noisy machine every side gets the same chance at a quiet moment.
-# --start-method goes to Python only (procpool always re-executes its binary);
-# --out DIR keeps the JSON lines of each run. Progress goes to stderr.
+# Runs benches/python_reference.py, then the Rust runner (the `compare` bench target,
+# benches/compare/) over the pipe and the ipc transport, all with the same
+# --processes, --repeat and scenarios, and prints one Markdown table joined on
+# (scenario, metric). The raw-pipe and rayon reference rows come from the pipe run.
+# With --rounds K the three runs take turns K times and each figure is the best of its
+# rounds, so that on a shared, noisy machine every side gets the same chance at a
+# quiet moment. --start-method goes to Python only (procpool always re-executes its
+# binary); --out DIR keeps the JSON lines of each run. Progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,8 +47,8 @@ fi
 mkdir -p "$out"
 
 echo "==> building the Rust runner" >&2
-cargo build --quiet --release --example compare --features ipc
-runner=(cargo run --quiet --release --example compare --features ipc --)
+cargo bench --quiet --no-run --bench compare --features ipc
+runner=(cargo bench --quiet --bench compare --features ipc --)
 
 case "$rounds" in
     '' | *[!0-9]* | 0) echo "--rounds needs a positive number" >&2; exit 2 ;;

@@ -2,8 +2,8 @@
 """procpool's Python reference: the benchmark scenarios on multiprocessing.Pool.
 
 Same scenarios, sizes, command line and JSON-lines output as the Rust runner
-(`cargo run --release --example compare`), so the two can be run back to back
-(`benches/compare.sh` does) and joined on (scenario, metric). Stdlib only,
+(`cargo bench --bench compare`, benches/compare/), so the two can be run back to
+back (`benches/compare.sh` does) and joined on (scenario, metric). Stdlib only,
 Python 3.11+.
 
     python3 benches/python_reference.py [SCENARIO ...] [--processes N]
