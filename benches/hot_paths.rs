@@ -54,13 +54,13 @@ fn frames(c: &mut Criterion) {
 
 fn headers(c: &mut Criterion) {
     let mut group = c.benchmark_group("header");
-    let mut batch = postcard::to_allocvec(&ToWorker::Batch {
+    let mut batch = postcard::to_allocvec(&ToWorker::Run {
         id: 123_456,
         task: "procpool_downstream::tasks::square",
         first_index: 1_000_000,
         count: 1000,
-        progress: false,
-        linger: false,
+        report_starts: false,
+        direct: false,
     })
     .unwrap();
     batch.extend_from_slice(&[1, 7]); // one item follows the header
