@@ -43,73 +43,155 @@ const GROUP_MAX_ITEMS: usize = 4096;
 
 /// The body of driver thread `slot`. Reports the first worker's start-up through
 /// `started`, then serves the queue until the pool closes.
-pub(crate) fn drive(shared: Arc<Engine>, slot: usize, started: Sender<Result<u32, Error>>) {
-    super::DRIVER_OF.with(|pool| pool.set(Arc::as_ptr(&shared) as usize));
+pub(crate) fn drive(engine: Arc<Engine>, slot: usize, started: Sender<Result<u32, Error>>) {
+    super::DRIVER_OF.with(|pool| pool.set(Arc::as_ptr(&engine) as usize));
     crate::sys::block_sigpipe();
-    if shared.config.batch_drivers {
+    if engine.config.batch_drivers {
         crate::sys::schedule_as_batch();
     }
-    match Connection::start(&shared, slot) {
+    match Connection::start(&engine, slot) {
         Ok(conn) => {
             let _ = started.send(Ok(conn.pid));
-            *lock(&shared.links[slot]) = Some(conn);
+            *lock(&engine.links[slot]) = Some(conn);
         }
         Err(e) => {
             let _ = started.send(Err(e.clone()));
-            shared.set_occupied(&mut false, true);
-            shared.driver_exit(Some(e));
+            engine.set_occupied(&mut false, true);
+            engine.driver_exit(Some(e));
             return;
         }
     }
     drop(started);
-    let lost = serve(&shared, slot);
-    let conn = lock(&shared.links[slot]).take();
+    let lost = Driver::new(&engine, slot).run();
+    let conn = lock(&engine.links[slot]).take();
     if let Some(conn) = conn {
-        conn.shutdown(&shared);
+        conn.shutdown(&engine);
     }
-    shared.driver_exit(lost);
+    engine.driver_exit(lost);
 }
 
-/// The connection behind a held link, starting a new worker if the last one was
-/// lost by a direct call.
-fn connection<'a>(
-    shared: &Engine,
+/// How filling the pipeline ended.
+enum Filled {
+    /// As far as it could: the pipeline is full, or nothing more may go now.
+    Done,
+    /// A frame could not be written: the worker is gone. `unsent` is that frame.
+    Lost {
+        unsent: Vec<Batch>,
+        failure: LinkFailure,
+    },
+}
+
+/// One driver: the batches of the queue to the worker of its slot and back.
+///
+/// Its loop ([`run`](Self::run)) is four named steps: [`fill`](Self::fill) the
+/// pipeline from the queue, [`await_front`](Self::await_front) the reply to the
+/// oldest frame in flight, [`on_lost`](Self::on_lost) when the worker failed, and
+/// [`recycle`](Self::recycle) a worker that reached its limits. The engine's notes
+/// (`README.md` beside this file) explain the rules each step follows.
+pub(super) struct Driver<'e> {
+    engine: &'e Engine,
     slot: usize,
-    link: &'a mut MutexGuard<'_, Option<Connection>>,
-) -> Result<&'a mut Connection, Error> {
-    if link.is_none() {
-        **link = Some(Connection::start(shared, slot)?);
-    }
-    link.as_mut().ok_or(Error::PoolClosed)
+    /// Frames kept in flight at most: 1 with a task time limit (each item is timed
+    /// alone), else [`PIPELINE_DEPTH`].
+    depth: usize,
+    /// Items a worker runs before it is replaced (`max_tasks_per_child`).
+    max_items: usize,
+    /// Frames in flight, oldest first: the batches each carries, and its id.
+    in_flight: VecDeque<(Vec<Batch>, u64)>,
+    /// This driver counts as busy in the engine (see [`Engine::set_occupied`]).
+    occupied: bool,
+    /// The task whose last frame came back quick enough to send more ahead. For
+    /// long tasks the round trip does not matter, and a batch queued behind a long
+    /// one on this worker could have run at once on another.
+    quick: Option<&'static str>,
+    /// Items per frame for that task (see [`group_size`]).
+    group_items: usize,
+    /// Since when the frame now at the front has been there.
+    busy_since: Instant,
+    /// The connection, held while work is in flight and released while the driver
+    /// waits for work (then a direct call may borrow it).
+    link: Option<MutexGuard<'e, Option<Connection>>>,
 }
 
-/// The driver's loop: batches from the queue to the worker of `slot` and back.
-/// Returns why it gave up, or `None` when the pool closed.
-fn serve(shared: &Engine, slot: usize) -> Option<Error> {
-    // Time limits are measured per batch: no sending ahead then.
-    let depth = if shared.config.task_timeout.is_some() {
-        1
-    } else {
-        PIPELINE_DEPTH
-    };
-    let max_items = shared.config.max_tasks_per_child.unwrap_or(usize::MAX);
-    // Frames in flight: the batches each carries, and its id.
-    let mut in_flight: VecDeque<(Vec<Batch>, u64)> = VecDeque::with_capacity(depth);
-    let mut occupied = false;
-    // Batches are sent ahead only while they are quick: for long tasks the round
-    // trip is negligible, and a batch queued behind a long one on this worker could
-    // have run at once on another.
-    let mut quick: Option<&'static str> = None; // the task whose last frame was quick
-    let mut group_items = 1; // items per frame for that task
-    let mut busy_since = Instant::now();
-    // Held while work is in flight; released while waiting for work.
-    let mut link: Option<MutexGuard<'_, Option<Connection>>> = None;
-    loop {
-        let mut failure = None;
-        // A frame that could not be written (the worker had gone).
-        let mut unsent: Option<Vec<Batch>> = None;
-        while in_flight.len() < depth && failure.is_none() {
-            let (items_sent, ahead, over_memory) = link
+impl<'e> Driver<'e> {
+    /// The driver of `slot`, with nothing in flight.
+    pub(super) fn new(engine: &'e Engine, slot: usize) -> Self {
+        let depth = if engine.config.task_timeout.is_some() {
+            1
+        } else {
+            PIPELINE_DEPTH
+        };
+        Driver {
+            engine,
+            slot,
+            depth,
+            max_items: engine.config.max_tasks_per_child.unwrap_or(usize::MAX),
+            in_flight: VecDeque::with_capacity(depth),
+            occupied: false,
+            quick: None,
+            group_items: 1,
+            busy_since: Instant::now(),
+            link: None,
+        }
+    }
+
+    /// Serves the queue until the pool closes (`None`) or no worker can be started
+    /// for this slot any more (the error).
+    pub(super) fn run(mut self) -> Option<Error> {
+        let stop = loop {
+            match self.fill() {
+                Err(e) => break Some(e),
+                Ok(Filled::Lost { unsent, failure }) => match self.on_lost(Some(unsent), failure) {
+                    Ok(true) => continue,
+                    Ok(false) => break None,
+                    Err(e) => break Some(e),
+                },
+                Ok(Filled::Done) if self.in_flight.is_empty() => break None, // closing
+                Ok(Filled::Done) => {}
+            }
+            if let Err(failure) = self.await_front() {
+                match self.on_lost(None, failure) {
+                    Ok(true) => continue,
+                    Ok(false) => break None,
+                    Err(e) => break Some(e),
+                }
+            }
+            if self.engine.is_terminating() {
+                break None;
+            }
+            if let Err(e) = self.recycle() {
+                break Some(e);
+            }
+        };
+        self.set_occupied(true);
+        stop
+    }
+
+    /// Records whether this driver has work in flight (see [`Engine::set_occupied`]).
+    fn set_occupied(&mut self, now: bool) {
+        self.engine.set_occupied(&mut self.occupied, now);
+    }
+
+    /// The connection, holding the link and starting a new worker if the last one
+    /// is gone (it died, or a direct call lost it).
+    fn connection(&mut self) -> Result<&mut Connection, Error> {
+        let (engine, slot) = (self.engine, self.slot);
+        let held = self.link.get_or_insert_with(|| lock(&engine.links[slot]));
+        if held.is_none() {
+            **held = Some(Connection::start(engine, slot)?);
+        }
+        held.as_mut().ok_or(Error::PoolClosed)
+    }
+
+    /// Sends frames from the queue while the pipeline has room: waits for work when
+    /// nothing is in flight, else takes only batches of the quick task that fit the
+    /// link's buffer (grouping small ones). Fails the batches of a frame over the cap
+    /// (the worker lives). `Err` when no worker could be started.
+    fn fill(&mut self) -> Result<Filled, Error> {
+        let engine = self.engine;
+        while self.in_flight.len() < self.depth {
+            let (items_sent, ahead, over_memory) = self
+                .link
                 .as_ref()
                 .and_then(|l| l.as_ref())
                 .map_or((0, 0, false), |c| {
@@ -119,36 +201,36 @@ fn serve(shared: &Engine, slot: usize) -> Option<Error> {
             let allowance = if over_memory {
                 0
             } else {
-                max_items.saturating_sub(items_sent)
+                self.max_items.saturating_sub(items_sent)
             };
-            let next = if in_flight.is_empty() {
-                link = None;
-                shared.next()
+            let next = if self.in_flight.is_empty() {
+                self.link = None;
+                engine.next()
             } else {
-                match quick.filter(|_| allowance > 0) {
-                    Some(task) => shared.try_next(|b| b.task == task && b.payload.len() <= ahead),
+                match self.quick.filter(|_| allowance > 0) {
+                    Some(task) => engine.try_next(|b| b.task == task && b.payload.len() <= ahead),
                     None => None,
                 }
             };
             let Some(batch) = next else { break };
-            if in_flight.is_empty() {
-                shared.set_occupied(&mut occupied, true);
-                busy_since = Instant::now();
+            if self.in_flight.is_empty() {
+                self.set_occupied(true);
+                self.busy_since = Instant::now();
             }
             let task = batch.task;
             let mut group = vec![batch];
-            let held = link.get_or_insert_with(|| lock(&shared.links[slot]));
-            let conn = match connection(shared, slot, held) {
+            let (depth, group_items, quick) = (self.depth, self.group_items, self.quick);
+            let conn = match self.connection() {
                 Ok(conn) => conn,
                 Err(e) => {
-                    shared.requeue(group);
-                    shared.set_occupied(&mut occupied, true);
-                    return Some(e);
+                    engine.requeue(group);
+                    self.set_occupied(true);
+                    return Err(e);
                 }
             };
             // A group is sent ahead like any frame: it stays within the link's
             // buffer, and within the frame cap.
-            let bytes = conn.ahead_frame.min(shared.max_chunk());
+            let bytes = conn.ahead_frame.min(engine.max_chunk());
             if depth > 1
                 && group_items > 1
                 && quick == Some(task)
@@ -156,19 +238,19 @@ fn serve(shared: &Engine, slot: usize) -> Option<Error> {
                 && group[0].payload.len() <= bytes
             {
                 let limit = group_items.min(allowance);
-                shared.take_more(&mut group, |b| b.task == task, limit, bytes);
+                engine.take_more(&mut group, |b| b.task == task, limit, bytes);
             }
             let payload: usize = group.iter().map(|b| b.payload.len()).sum();
-            if payload > shared.max_chunk() {
+            if payload > engine.max_chunk() {
                 // Refused before a byte is written (an `imap` chunk over the cap): the
                 // link stays in step and the worker lives; only this batch fails.
                 let error =
-                    chunk_too_large(task, group[0].first_index, payload, shared.max_chunk());
+                    chunk_too_large(task, group[0].first_index, payload, engine.max_chunk());
                 for batch in group {
                     batch.complete(conn.pid, Err(error.clone()));
                 }
-                if in_flight.is_empty() {
-                    shared.set_occupied(&mut occupied, false);
+                if self.in_flight.is_empty() {
+                    self.set_occupied(false);
                 }
                 continue;
             }
@@ -180,114 +262,110 @@ fn serve(shared: &Engine, slot: usize) -> Option<Error> {
                 items: &parts,
                 direct: false,
             };
-            let sent = conn.send(shared, &frame);
+            let sent = conn.send(engine, &frame);
             drop(parts);
             match sent {
-                Ok(id) => in_flight.push_back((group, id)),
-                Err(f) => {
-                    unsent = Some(group);
-                    failure = Some(f);
+                Ok(id) => self.in_flight.push_back((group, id)),
+                Err(failure) => {
+                    return Ok(Filled::Lost {
+                        unsent: group,
+                        failure,
+                    });
                 }
             }
         }
-        if in_flight.is_empty() && unsent.is_none() {
-            break; // nothing in flight and nothing queued: the pool is closing
-        }
-        // Work is in flight, so the link is held and has a connection.
-        let Some(conn) = link.as_mut().and_then(|l| l.as_mut()) else {
-            for batch in in_flight
-                .drain(..)
-                .flat_map(|(g, _)| g)
-                .chain(unsent.into_iter().flatten())
-            {
+        Ok(Filled::Done)
+    }
+
+    /// Waits for the reply to the oldest frame in flight and hands each of its
+    /// batches its part; learns from the time it took whether to send ahead and how
+    /// many items to group. `Err` when the worker failed (the frame stays in flight).
+    fn await_front(&mut self) -> Result<(), LinkFailure> {
+        let engine = self.engine;
+        let Some((group, id)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let Some(conn) = self.link.as_mut().and_then(|l| l.as_mut()) else {
+            // Work in flight always holds a live connection; should it not, the
+            // batches still get an answer.
+            for batch in group {
                 batch.complete(0, Err(Error::protocol("driver lost its connection")));
             }
-            continue;
+            return Ok(());
         };
-        if failure.is_none()
-            && let Some((group, id)) = in_flight.pop_front()
-        {
-            let count: u32 = group.iter().map(|b| b.count).sum();
-            match conn.receive(shared, id, count) {
-                Ok(Err(_)) if group.len() > 1 => {
-                    // The worker could not answer the group in one frame (its results
-                    // are over the cap): each batch goes again, in a frame of its own.
-                    quick = None;
-                    group_items = 1;
-                    busy_since = Instant::now();
-                    shared.requeue(
-                        group
-                            .into_iter()
-                            .map(|mut batch| {
-                                batch.solo = true;
-                                batch
-                            })
-                            .collect(),
-                    );
-                    if in_flight.is_empty() {
-                        shared.set_occupied(&mut occupied, false);
-                    }
-                }
-                Ok(outcome) => {
-                    let now = Instant::now();
-                    let took = now - busy_since;
-                    quick = (took < SEND_AHEAD_BELOW).then_some(group[0].task);
-                    group_items = group_size(took, count);
-                    busy_since = now;
-                    complete(group, conn.pid, outcome);
-                    if let Some(limit) = shared.config.max_memory_per_child {
-                        conn.check_memory(limit);
-                    }
-                    if in_flight.is_empty() {
-                        shared.set_occupied(&mut occupied, false);
-                    }
-                }
-                Err(f) => {
-                    in_flight.push_front((group, id));
-                    failure = Some(f);
+        let count: u32 = group.iter().map(|b| b.count).sum();
+        match conn.receive(engine, id, count) {
+            Ok(Err(_)) if group.len() > 1 => {
+                // The worker could not answer the group in one frame (its results
+                // are over the cap): each batch goes again, in a frame of its own.
+                self.quick = None;
+                self.group_items = 1;
+                self.busy_since = Instant::now();
+                requeue_solo(engine, group);
+            }
+            Ok(outcome) => {
+                let now = Instant::now();
+                let took = now - self.busy_since;
+                self.quick = (took < SEND_AHEAD_BELOW).then_some(group[0].task);
+                self.group_items = group_size(took, count);
+                self.busy_since = now;
+                complete(group, conn.pid, outcome);
+                if let Some(limit) = engine.config.max_memory_per_child {
+                    conn.check_memory(limit);
                 }
             }
-        }
-        if let Some(failure) = failure {
-            // The worker is gone: each batch it held is failed, or runs again.
-            worker_lost(shared, conn, &mut in_flight, unsent, failure);
-            quick = None;
-            group_items = 1;
-            shared.set_occupied(&mut occupied, false);
-            if let Some(held) = link.as_mut() {
-                **held = None;
-            }
-            if shared.is_terminating() {
-                shared.set_occupied(&mut occupied, true);
-                return None;
-            }
-            // Replace the worker now rather than with the next batch.
-            if let Some(held) = link.as_mut()
-                && let Err(e) = connection(shared, slot, held)
-            {
-                shared.set_occupied(&mut occupied, true);
-                return Some(e);
-            }
-            continue;
-        }
-        if shared.is_terminating() {
-            break;
-        }
-        if (conn.items_done >= max_items || conn.over_memory)
-            && in_flight.is_empty()
-            && let Some(held) = link.as_mut()
-        {
-            if let Some(old) = held.take() {
-                old.shutdown(shared);
-            }
-            if let Err(e) = connection(shared, slot, held) {
-                shared.set_occupied(&mut occupied, true);
-                return Some(e);
+            Err(failure) => {
+                self.in_flight.push_front((group, id));
+                return Err(failure);
             }
         }
+        if self.in_flight.is_empty() {
+            self.set_occupied(false);
+        }
+        Ok(())
     }
-    shared.set_occupied(&mut occupied, true);
-    None
+
+    /// The worker failed: settles each batch it held (see [`worker_lost`]) and
+    /// starts its replacement. `Ok(false)` when the pool is terminating (stop),
+    /// `Err` when no replacement could be started.
+    fn on_lost(&mut self, unsent: Option<Vec<Batch>>, failure: LinkFailure) -> Result<bool, Error> {
+        let engine = self.engine;
+        if let Some(conn) = self.link.as_mut().and_then(|l| l.as_mut()) {
+            worker_lost(engine, conn, &mut self.in_flight, unsent, failure);
+        }
+        self.quick = None;
+        self.group_items = 1;
+        self.set_occupied(false);
+        if let Some(held) = self.link.as_mut() {
+            **held = None;
+        }
+        if engine.is_terminating() {
+            return Ok(false);
+        }
+        // Replace the worker now rather than with the next batch.
+        if self.link.is_some() {
+            self.connection()?;
+        }
+        Ok(true)
+    }
+
+    /// Replaces a worker that reached `max_tasks_per_child` or passed
+    /// `max_memory_per_child`, once nothing is in flight on it.
+    fn recycle(&mut self) -> Result<(), Error> {
+        let engine = self.engine;
+        let spent = self
+            .link
+            .as_ref()
+            .and_then(|l| l.as_ref())
+            .is_some_and(|c| c.items_done >= self.max_items || c.over_memory);
+        if !spent || !self.in_flight.is_empty() {
+            return Ok(());
+        }
+        if let Some(old) = self.link.as_mut().and_then(|held| held.take()) {
+            old.shutdown(engine);
+        }
+        self.connection().map(|_| ())
+    }
 }
 
 /// Items per frame for a task whose last frame of `count` items took `took`: as many
@@ -462,21 +540,27 @@ fn worker_lost(
 }
 
 /// Hands each batch of a frame its part of the reply, or, for a group the worker
-/// could not answer in one frame (its results are over the cap), sends each batch
-/// again in a frame of its own.
-fn answered(shared: &Engine, group: Vec<Batch>, pid: u32, outcome: Result<ResultFrame, Error>) {
+/// refused (its results are over the cap, so it could not answer in one frame),
+/// sends each batch again in a frame of its own.
+fn answered(engine: &Engine, group: Vec<Batch>, pid: u32, outcome: Result<ResultFrame, Error>) {
     if group.len() > 1 && outcome.is_err() {
-        let solo = group
-            .into_iter()
-            .map(|mut batch| {
-                batch.solo = true;
-                batch
-            })
-            .collect();
-        shared.requeue(solo);
+        requeue_solo(engine, group);
     } else {
         complete(group, pid, outcome);
     }
+}
+
+/// Puts the batches of a group the worker refused back in the queue, each to go in
+/// a frame of its own.
+fn requeue_solo(engine: &Engine, group: Vec<Batch>) {
+    let solo = group
+        .into_iter()
+        .map(|mut batch| {
+            batch.solo = true;
+            batch
+        })
+        .collect();
+    engine.requeue(solo);
 }
 
 /// The error a batch of `task` gets when its worker failed while running item
