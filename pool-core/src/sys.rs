@@ -238,6 +238,12 @@ impl ProgressPage {
         Self::map(fd)
     }
 
+    /// A second mapping of the same page, as a worker makes (for in-process fakes).
+    #[cfg(test)]
+    pub(crate) fn twin(&self) -> io::Result<ProgressPage> {
+        Self::map(self.fd.try_clone()?)
+    }
+
     fn map(fd: OwnedFd) -> io::Result<ProgressPage> {
         use rustix::mm::{MapFlags, ProtFlags, mmap};
         // SAFETY: a fresh shared mapping of PAGE bytes of a memfd at least that long,

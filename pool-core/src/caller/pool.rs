@@ -252,6 +252,7 @@ impl PoolBuilder {
         let shared = Arc::new(Engine::new(Config {
             processes,
             transport,
+            launch: Arc::new(crate::engine::LocalLaunch),
             link: LinkConfig {
                 max_frame: self.max_frame,
                 startup_timeout: self.startup_timeout,

@@ -1,15 +1,15 @@
-//! One worker process and the link to it: start-up, handshake, initializer, and
-//! the exchange of batches.
+//! A driver's connection to its worker: start-up (through the pool's [`Launch`]),
+//! handshake, initializer, the exchange of frames, and the end of the worker.
+//!
+//! [`Launch`]: super::Launch
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::worker::Worker;
 use super::{Engine, ResultFrame, lock};
 use crate::error::{Error, WorkerExit};
-use crate::sys;
 use crate::transport::{Link, Received};
-use crate::wire::marker::{MARKER_ENV, Marker};
 use crate::wire::protocol::{self, FromWorker, MAGIC, PROTOCOL_VERSION, ToWorker};
 use crate::wire::registry;
 
@@ -63,15 +63,12 @@ pub(super) struct Connection {
     /// Largest batch payload sent ahead to this worker while it is busy: the frames
     /// in flight must fit the link's buffer.
     pub(super) ahead_frame: usize,
-    /// Where the worker notes the frame and item it runs (`None` if it could not be
-    /// made: then every frame of a dead worker counts as started).
-    progress: Option<sys::ProgressPage>,
     /// The id of the last frame written.
     pub(super) last_sent: u64,
-    /// `/proc/<pid>/statm` of the worker, open when the pool has a soft memory limit.
-    statm: Option<std::fs::File>,
     /// The worker's resident memory passed the soft limit: replace it once idle.
     pub(super) over_memory: bool,
+    /// The worker once reaped, kept to ask how far it got ([`Connection::started`]).
+    dead: Option<Box<dyn Worker>>,
 }
 
 impl Connection {
@@ -79,34 +76,9 @@ impl Connection {
     /// initializer.
     pub(super) fn start(shared: &Engine, slot: usize) -> Result<Connection, Error> {
         let config = &shared.config;
-        let mut command = Command::new("/proc/self/exe");
-        let mut args = std::env::args_os();
-        if let Some(arg0) = args.next() {
-            std::os::unix::process::CommandExt::arg0(&mut command, arg0);
-        }
-        command.args(args);
-        // Best effort: without it, a dead worker's frame counts as started.
-        let progress = sys::ProgressPage::create().ok();
-        let marker = Marker {
-            transport: config.transport.name().to_owned(),
-            parent: std::process::id(),
-            max_frame: config.link.max_frame,
-            secret: config.secret,
-            progress: progress.is_some(),
-        };
-        command
-            .env(MARKER_ENV, marker.encode())
-            .stdin(Stdio::null());
-        sys::prepare_worker(
-            &mut command,
-            rustix::process::getpid(),
-            config.memory_limit,
-            progress.as_ref(),
-        );
-
-        let (child, link) = config.transport.spawn(command, config.link)?;
-        let pid = child.id();
-        *lock(&shared.children[slot]) = Some(child);
+        let (worker, link) = config.launch.launch(config)?;
+        let pid = worker.pid();
+        *lock(&shared.workers[slot]) = Some(worker);
         let ahead_frame = super::driver::ahead_frame(link.sender.capacity());
         let mut conn = Connection {
             link,
@@ -116,12 +88,9 @@ impl Connection {
             items_sent: 0,
             header: Vec::with_capacity(128),
             ahead_frame,
-            progress,
             last_sent: 0,
-            statm: config
-                .max_memory_per_child
-                .and_then(|_| std::fs::File::open(format!("/proc/{pid}/statm")).ok()),
             over_memory: false,
+            dead: None,
         };
         if shared.is_terminating() {
             conn.reap(shared);
@@ -347,20 +316,12 @@ impl Connection {
 
     /// After a reply: notes whether the worker's resident memory is over `limit`
     /// bytes (a worker whose size cannot be read counts as under it).
-    pub(super) fn check_memory(&mut self, limit: u64) {
-        use std::os::unix::fs::FileExt;
-        let Some(statm) = &self.statm else { return };
-        let mut text = [0u8; 128];
-        let Ok(n) = statm.read_at(&mut text, 0) else {
-            return;
-        };
-        let resident_pages = std::str::from_utf8(&text[..n])
-            .ok()
-            .and_then(|t| t.split_whitespace().nth(1))
-            .and_then(|pages| pages.parse::<u64>().ok());
-        if let Some(pages) = resident_pages {
-            let page = rustix::param::page_size() as u64;
-            self.over_memory = pages.saturating_mul(page) > limit;
+    pub(super) fn check_memory(&mut self, shared: &Engine, limit: u64) {
+        let resident = lock(&shared.workers[self.slot])
+            .as_ref()
+            .and_then(|w| w.resident_bytes());
+        if let Some(bytes) = resident {
+            self.over_memory = bytes > limit;
         }
     }
 
@@ -368,34 +329,37 @@ impl Connection {
     /// started the frame and was at its item `k`, `None` if it had not started it.
     /// Without a progress page, every frame counts as started, at item 0.
     pub(super) fn started(&self, id: u64) -> Option<u32> {
-        let Some(page) = &self.progress else {
-            return Some(0);
-        };
-        let (frame, item) = page.last_started();
-        (frame == id).then_some(item)
+        self.dead
+            .as_ref()
+            .map_or(Some(0), |worker| worker.started(id))
     }
 
     /// How the worker ended, and whether it did so by itself (not by our SIGKILL).
     fn reap_status(&mut self, shared: &Engine, grace: Duration) -> (WorkerExit, bool) {
-        let Some(mut child) = lock(&shared.children[self.slot]).take() else {
+        let Some(mut worker) = lock(&shared.workers[self.slot]).take() else {
             return (WorkerExit::Unknown, false);
         };
         let mut pause = Duration::from_micros(50);
         let mut waited = Duration::ZERO;
+        let mut ended = None;
         while !shared.is_terminating() && waited < grace {
-            match child.try_wait() {
-                Ok(Some(status)) => return (status.into(), true),
-                Ok(None) => {
-                    std::thread::sleep(pause);
-                    waited += pause;
-                    pause = (pause * 2).min(Duration::from_millis(5));
-                }
-                Err(_) => break,
+            if let Some(exit) = worker.try_exit() {
+                ended = Some(exit);
+                break;
             }
+            std::thread::sleep(pause);
+            waited += pause;
+            pause = (pause * 2).min(Duration::from_millis(5));
         }
-        let _ = child.kill();
-        let exit = child.wait().map_or(WorkerExit::Unknown, WorkerExit::from);
-        (exit, false)
+        let outcome = match ended {
+            Some(exit) => (exit, true),
+            None => {
+                worker.kill();
+                (worker.wait(), false)
+            }
+        };
+        self.dead = Some(worker);
+        outcome
     }
 }
 

@@ -311,7 +311,7 @@ impl<'e> Driver<'e> {
                 self.busy_since = now;
                 complete(group, conn.pid, outcome);
                 if let Some(limit) = engine.config.max_memory_per_child {
-                    conn.check_memory(limit);
+                    conn.check_memory(engine, limit);
                 }
             }
             Err(failure) => {
@@ -597,6 +597,265 @@ pub(super) fn failure_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::fake::{NoTransport, ThreadLaunch};
+    use crate::engine::{Call, Config, Reply, ReplySink};
+    use crate::transport::LinkConfig;
+    use crate::wire::protocol;
+    use std::sync::Mutex;
+
+    /// What a test sink heard for each batch: its first index, and its values or
+    /// error.
+    type Heard = Vec<(usize, Result<Vec<u32>, Error>)>;
+
+    /// Records every reply, decoded.
+    #[derive(Default)]
+    struct Record {
+        heard: Mutex<Heard>,
+    }
+
+    impl ReplySink for Record {
+        fn deliver(&self, reply: Reply) -> Option<usize> {
+            let first = reply.first_index;
+            let (mut values, mut error) = (Vec::new(), None);
+            let read = crate::caller::result::decode_reply::<u32>(
+                "t",
+                reply,
+                |v| values.push(v),
+                |_, e| {
+                    error.get_or_insert(e);
+                },
+            );
+            lock(&self.heard).push((first, error.map_or(Ok(values), Err)));
+            read
+        }
+    }
+
+    /// An engine of `processes` fake workers with its drivers running; `configure`
+    /// adjusts the defaults.
+    fn engine(
+        processes: usize,
+        configure: impl FnOnce(&mut Config),
+    ) -> (
+        Arc<Engine>,
+        Arc<ThreadLaunch>,
+        Vec<std::thread::JoinHandle<()>>,
+    ) {
+        let launch = Arc::new(ThreadLaunch::default());
+        let mut config = Config {
+            processes,
+            transport: &NoTransport,
+            launch: Arc::clone(&launch) as Arc<dyn crate::engine::Launch>,
+            link: LinkConfig {
+                max_frame: 1 << 20,
+                startup_timeout: Duration::from_secs(20),
+            },
+            max_tasks_per_child: None,
+            max_memory_per_child: None,
+            initializer: None,
+            task_timeout: None,
+            retry_lost_tasks: 0,
+            batch_drivers: false,
+            memory_limit: None,
+            secret: 0x5ec2e7,
+        };
+        configure(&mut config);
+        let engine = Arc::new(Engine::new(config));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let drivers = (0..processes)
+            .map(|slot| {
+                let (engine, tx) = (Arc::clone(&engine), tx.clone());
+                std::thread::spawn(move || drive(engine, slot, tx))
+            })
+            .collect();
+        for _ in 0..processes {
+            rx.recv().unwrap().unwrap();
+        }
+        (engine, launch, drivers)
+    }
+
+    /// A batch of `task` over `items`, from input index `first`, told to `sink`.
+    fn batch(task: &'static str, first: usize, items: &[u32], sink: &Arc<Record>) -> Batch {
+        let mut payload = Vec::new();
+        for n in items {
+            protocol::push_item(&mut payload, |b| protocol::encode_into(&(*n,), b)).unwrap();
+        }
+        Batch {
+            task,
+            first_index: first,
+            count: items.len() as u32,
+            payload,
+            job: Arc::new(Call::default()),
+            retries: 0,
+            restarts: 0,
+            solo: false,
+            sink: Some(Arc::clone(sink) as Arc<dyn ReplySink>),
+        }
+    }
+
+    /// The registered name of the fake's task `name` (`"square"`, `"die"`).
+    fn name_of(name: &str) -> &'static str {
+        let path = format!("procpool_core::engine::fake::{name}");
+        crate::wire::registry::task_names()
+            .into_iter()
+            .find(|n| *n == path)
+            .expect("the fake's tasks are registered")
+    }
+
+    /// Waits until `sink` heard `n` replies (a liveness bound, not a timing claim).
+    fn heard(sink: &Record, n: usize) -> Heard {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let heard = lock(&sink.heard);
+            if heard.len() >= n {
+                let mut all: Heard = heard.iter().map(|(i, r)| (*i, r.clone())).collect();
+                all.sort_by_key(|(i, _)| *i);
+                return all;
+            }
+            drop(heard);
+            assert!(
+                Instant::now() < until,
+                "only {} of {n} replies",
+                lock(&sink.heard).len()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// `heard` is batch `first`, answered with `values`.
+    fn assert_ok(heard: &(usize, Result<Vec<u32>, Error>), first: usize, values: &[u32]) {
+        assert_eq!(heard.0, first);
+        assert_eq!(
+            heard.1.as_ref().ok().map(Vec::as_slice),
+            Some(values),
+            "{heard:?}"
+        );
+    }
+
+    fn stop(engine: &Engine, drivers: Vec<std::thread::JoinHandle<()>>) {
+        engine.close();
+        for driver in drivers {
+            driver.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn fill_and_await_carry_every_batch_to_its_sink() {
+        let (engine, launch, drivers) = engine(2, |_| {});
+        let sink = Arc::new(Record::default());
+        let square = name_of("square");
+        // Many small batches of a quick task: sent ahead and grouped.
+        let batches: Vec<Batch> = (0..500u32)
+            .map(|k| batch(square, 2 * k as usize, &[2 * k, 2 * k + 1], &sink))
+            .collect();
+        engine.submit(batches).unwrap();
+        let heard = heard(&sink, 500);
+        for (k, (first, values)) in heard.iter().enumerate() {
+            let n = 2 * k as u32;
+            assert_eq!(*first, 2 * k);
+            assert_eq!(values.as_ref().unwrap(), &[n * n, (n + 1) * (n + 1)]);
+        }
+        assert_eq!(launch.launched(), 2, "no worker replaced");
+        stop(&engine, drivers);
+    }
+
+    #[test]
+    fn on_lost_fails_the_running_batch_at_its_item_and_requeues_the_rest() {
+        let (engine, launch, drivers) = engine(1, |_| {});
+        let sink = Arc::new(Record::default());
+        let (square, die) = (name_of("square"), name_of("die"));
+        // Warm up, so that the next batches are sent ahead of the dying one.
+        engine.submit([batch(square, 0, &[1], &sink)]).unwrap();
+        heard(&sink, 1);
+        engine
+            .submit([
+                batch(square, 10, &[1, 2], &sink),
+                batch(die, 20, &[5, 6, 7], &sink),
+                batch(square, 30, &[3], &sink),
+                batch(square, 40, &[4], &sink),
+            ])
+            .unwrap();
+        let heard = heard(&sink, 5);
+        assert_ok(&heard[1], 10, &[1, 4]);
+        assert!(
+            matches!(
+                &heard[2],
+                (
+                    20,
+                    Err(Error::WorkerDied {
+                        index: 22,
+                        exit: WorkerExit::Signal(9),
+                        ..
+                    })
+                )
+            ),
+            "the batch running when its worker died fails at the item it was at: {:?}",
+            heard[2]
+        );
+        assert_ok(&heard[3], 30, &[9]);
+        assert_ok(&heard[4], 40, &[16]);
+        assert_eq!(launch.launched(), 2, "the dead worker was replaced");
+        stop(&engine, drivers);
+    }
+
+    #[test]
+    fn a_worker_killed_while_idle_is_replaced_and_nothing_fails() {
+        let (engine, launch, drivers) = engine(1, |_| {});
+        let sink = Arc::new(Record::default());
+        let square = name_of("square");
+        engine.submit([batch(square, 0, &[3], &sink)]).unwrap();
+        heard(&sink, 1);
+        launch.kill_newest();
+        engine.submit([batch(square, 1, &[4], &sink)]).unwrap();
+        let heard = heard(&sink, 2);
+        assert_ok(&heard[1], 1, &[16]);
+        assert_eq!(launch.launched(), 2);
+        stop(&engine, drivers);
+    }
+
+    #[test]
+    fn recycle_replaces_a_worker_at_max_tasks_per_child() {
+        let (engine, launch, drivers) = engine(1, |c| c.max_tasks_per_child = Some(4));
+        let sink = Arc::new(Record::default());
+        let square = name_of("square");
+        let batches: Vec<Batch> = (0..12u32)
+            .map(|k| batch(square, k as usize, &[k], &sink))
+            .collect();
+        engine.submit(batches).unwrap();
+        let heard = heard(&sink, 12);
+        assert!(
+            heard
+                .iter()
+                .all(|(i, r)| r.as_ref().unwrap() == &[(*i * *i) as u32])
+        );
+        // No worker ran more than 4 of the 12 items (each batch is one item), and
+        // the last one may have been replaced already, eagerly.
+        let launched = launch.launched();
+        assert!((3..=4).contains(&launched), "{launched} workers");
+        stop(&engine, drivers);
+    }
+
+    #[test]
+    fn a_retry_is_used_by_the_running_batch_only() {
+        let (engine, launch, drivers) = engine(1, |c| c.retry_lost_tasks = 1);
+        let sink = Arc::new(Record::default());
+        let (square, die) = (name_of("square"), name_of("die"));
+        engine.submit([batch(square, 0, &[1], &sink)]).unwrap();
+        heard(&sink, 1);
+        // The dying batch is retried once, dies again and fails; the batch behind
+        // it was never started by either worker and runs on the third.
+        engine
+            .submit([batch(die, 1, &[7], &sink), batch(square, 2, &[2], &sink)])
+            .unwrap();
+        let heard = heard(&sink, 3);
+        assert!(
+            matches!(heard[1], (1, Err(Error::WorkerDied { .. }))),
+            "{:?}",
+            heard[1]
+        );
+        assert_ok(&heard[2], 2, &[4]);
+        assert_eq!(launch.launched(), 3);
+        stop(&engine, drivers);
+    }
 
     #[test]
     fn frames_sent_ahead_fit_the_link() {

@@ -12,13 +12,17 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 mod connection;
 mod driver;
+#[cfg(test)]
+mod fake;
+mod worker;
+
+pub(crate) use worker::{Launch, LocalLaunch, Worker};
 
 pub(crate) use crate::sync::lock;
 
@@ -30,6 +34,8 @@ use crate::transport::{LinkConfig, Transport};
 pub(crate) struct Config {
     pub(crate) processes: usize,
     pub(crate) transport: &'static dyn Transport,
+    /// How workers start: as child processes through `transport` ([`LocalLaunch`]).
+    pub(crate) launch: std::sync::Arc<dyn Launch>,
     pub(crate) link: LinkConfig,
     pub(crate) max_tasks_per_child: Option<usize>,
     /// Resident bytes after which a worker is replaced (a soft limit).
@@ -267,8 +273,8 @@ pub(crate) struct Engine {
     state: Mutex<State>,
     work: Condvar,
     terminating: AtomicBool,
-    /// The worker process of each driver, so `terminate` can kill it.
-    children: Vec<Mutex<Option<Child>>>,
+    /// The worker of each driver, so `terminate` can kill it from any thread.
+    workers: Vec<Mutex<Option<Box<dyn Worker>>>>,
     /// Each driver's connection to its worker. The driver holds it while it has work
     /// in flight; while the driver waits for work, `run_direct` may borrow it.
     links: Vec<Mutex<Option<Connection>>>,
@@ -315,7 +321,7 @@ impl Engine {
             }),
             work: Condvar::new(),
             terminating: AtomicBool::new(false),
-            children: (0..processes).map(|_| Mutex::new(None)).collect(),
+            workers: (0..processes).map(|_| Mutex::new(None)).collect(),
             links: (0..processes).map(|_| Mutex::new(None)).collect(),
             next_batch: AtomicU64::new(1),
         }
@@ -587,18 +593,18 @@ impl Engine {
         };
         drop(dropped);
         self.work.notify_all();
-        for child in &self.children {
-            if let Some(child) = lock(child).as_mut() {
-                let _ = child.kill();
+        for worker in &self.workers {
+            if let Some(worker) = lock(worker).as_mut() {
+                worker.kill();
             }
         }
     }
 
     /// The process ids of the current workers.
     pub(crate) fn pids(&self) -> Vec<u32> {
-        self.children
+        self.workers
             .iter()
-            .filter_map(|c| lock(c).as_ref().map(Child::id))
+            .filter_map(|w| lock(w).as_ref().map(|w| w.pid()))
             .collect()
     }
 
