@@ -71,8 +71,8 @@
 extern crate self as procpool;
 
 pub use procpool_core::{
-    AsyncResult, Bytes, Callbacks, Error, Imap, Pool, PoolBuilder, Progress, Task, WorkerExit,
-    is_worker, task_name, task_names,
+    AsyncResult, Bytes, Callbacks, Error, Imap, Inputs, Pool, PoolBuilder, Progress, StreamInputs,
+    Task, WorkerExit, is_worker, task_name, task_names,
 };
 pub use procpool_macros::{main, pool_task};
 

@@ -53,6 +53,7 @@ mod worker;
 
 pub use bytes::Bytes;
 pub use caller::imap::Imap;
+pub use caller::inputs::{Inputs, StreamInputs};
 pub use caller::pool::{Pool, PoolBuilder};
 pub use caller::result::{AsyncResult, Callbacks, Progress};
 pub use error::{Error, WorkerExit};

@@ -199,8 +199,9 @@ impl FrameSender for PipeSender {
         let max_frame = self.max_frame;
         let mut write = || frame::write_frame(writer, parts, max_frame);
         // A worker's writes need no guard: if its pool is gone, it ends either way.
-        // Nor do a pool's driver threads, which keep SIGPIPE blocked.
-        if self.in_worker || sigpipe_blocked() {
+        // Nor do a pool's driver threads, which keep SIGPIPE blocked, nor a program that
+        // ignores SIGPIPE (Rust's default): the write then fails with EPIPE.
+        if self.in_worker || sigpipe_blocked() || sys::sigpipe_ignored() {
             write()
         } else {
             sys::without_sigpipe(write)

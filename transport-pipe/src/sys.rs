@@ -196,3 +196,17 @@ fn discard_pending_sigpipe(pipe: &libc::sigset_t) {
         unsafe { libc::sigtimedwait(pipe, std::ptr::null_mut(), &zero) };
     }
 }
+
+/// Whether this process ignores `SIGPIPE` (`SIG_IGN`, what Rust's runtime sets before
+/// `main` unless told otherwise): then a write to a dead reader is an `EPIPE` error
+/// anyway, and no guard is needed. One `rt_sigaction` query. A program that changes
+/// the disposition while one of its threads is writing to a worker that just died
+/// could still be caught between the look and the write; programs set it once, at
+/// start-up.
+pub(crate) fn sigpipe_ignored() -> bool {
+    // SAFETY: an all-zero sigaction is valid storage for the kernel to fill.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `old`, a live value.
+    let read = unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) } == 0;
+    read && old.sa_sigaction == libc::SIG_IGN
+}

@@ -1,6 +1,6 @@
 //! Progress bars drawn with indicatif (feature `progress`).
 
-use std::borrow::Borrow;
+use super::inputs::Inputs;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -42,8 +42,7 @@ impl Pool {
     where
         F: Task<(A,)>,
         A: Serialize,
-        I: IntoIterator,
-        I::Item: Borrow<A>,
+        I: Inputs<A>,
     {
         let shown = bar(None);
         let drawn = shown.clone();

@@ -8,5 +8,6 @@
 mod bar;
 pub(crate) mod encode;
 pub(crate) mod imap;
+pub(crate) mod inputs;
 pub(crate) mod pool;
 pub(crate) mod result;

@@ -1,6 +1,8 @@
 //! The [`Pool`] handle and its [`PoolBuilder`].
 
 use std::borrow::Borrow;
+
+use super::inputs::{Inputs, StreamInputs};
 use std::fmt;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -342,8 +344,7 @@ impl Pool {
     where
         F: Task<(A,)>,
         A: Serialize,
-        I: IntoIterator,
-        I::Item: Borrow<A>,
+        I: Inputs<A>,
     {
         self.shared.may_block_here()?;
         self.map_async_with(task, items, None, Callbacks::new())?
@@ -361,8 +362,7 @@ impl Pool {
     where
         F: Task<(A,)>,
         A: Serialize,
-        I: IntoIterator,
-        I::Item: Borrow<A>,
+        I: Inputs<A>,
     {
         self.shared.may_block_here()?;
         self.map_async_with(task, items, Some(chunksize), Callbacks::new())?
@@ -381,8 +381,7 @@ impl Pool {
     where
         F: Task<(A,)>,
         A: Serialize,
-        I: IntoIterator,
-        I::Item: Borrow<A>,
+        I: Inputs<A>,
     {
         self.shared.may_block_here()?;
         self.map_async_with(task, items, None, Callbacks::new().on_progress(on_progress))?
@@ -399,8 +398,7 @@ impl Pool {
     where
         F: Task<(A,)>,
         A: Serialize,
-        I: IntoIterator,
-        I::Item: Borrow<A>,
+        I: Inputs<A>,
     {
         self.map_async_with(task, items, None, Callbacks::new())
     }
@@ -417,8 +415,7 @@ impl Pool {
     where
         F: Task<(A,)>,
         A: Serialize,
-        I: IntoIterator,
-        I::Item: Borrow<A>,
+        I: Inputs<A>,
     {
         self.submit_all::<F, A, _, F::Output, _>(&task, items, chunksize, Ok, callbacks)
     }
@@ -429,8 +426,7 @@ impl Pool {
     where
         F: Task<Args>,
         Args: Serialize,
-        I: IntoIterator,
-        I::Item: Borrow<Args>,
+        I: Inputs<Args>,
     {
         self.shared.may_block_here()?;
         self.starmap_async_with(task, items, None, Callbacks::new())?
@@ -447,8 +443,7 @@ impl Pool {
     where
         F: Task<Args>,
         Args: Serialize,
-        I: IntoIterator,
-        I::Item: Borrow<Args>,
+        I: Inputs<Args>,
     {
         self.shared.may_block_here()?;
         self.starmap_async_with(task, items, Some(chunksize), Callbacks::new())?
@@ -464,8 +459,7 @@ impl Pool {
     where
         F: Task<Args>,
         Args: Serialize,
-        I: IntoIterator,
-        I::Item: Borrow<Args>,
+        I: Inputs<Args>,
     {
         self.starmap_async_with(task, items, None, Callbacks::new())
     }
@@ -481,8 +475,7 @@ impl Pool {
     where
         F: Task<Args>,
         Args: Serialize,
-        I: IntoIterator,
-        I::Item: Borrow<Args>,
+        I: Inputs<Args>,
     {
         self.submit_all::<F, Args, _, F::Output, _>(&task, items, chunksize, Ok, callbacks)
     }
@@ -567,9 +560,7 @@ impl Pool {
     where
         F: Task<(A,)>,
         A: Serialize + 'static,
-        I: IntoIterator,
-        I::Item: Borrow<A>,
-        I::IntoIter: Send + 'static,
+        I: StreamInputs<A>,
     {
         self.stream::<F, A, I>(&task, items, 1, true)
     }
@@ -584,9 +575,7 @@ impl Pool {
     where
         F: Task<(A,)>,
         A: Serialize + 'static,
-        I: IntoIterator,
-        I::Item: Borrow<A>,
-        I::IntoIter: Send + 'static,
+        I: StreamInputs<A>,
     {
         self.stream::<F, A, I>(&task, items, chunksize, true)
     }
@@ -596,9 +585,7 @@ impl Pool {
     where
         F: Task<(A,)>,
         A: Serialize + 'static,
-        I: IntoIterator,
-        I::Item: Borrow<A>,
-        I::IntoIter: Send + 'static,
+        I: StreamInputs<A>,
     {
         self.stream::<F, A, I>(&task, items, 1, false)
     }
@@ -613,9 +600,7 @@ impl Pool {
     where
         F: Task<(A,)>,
         A: Serialize + 'static,
-        I: IntoIterator,
-        I::Item: Borrow<A>,
-        I::IntoIter: Send + 'static,
+        I: StreamInputs<A>,
     {
         self.stream::<F, A, I>(&task, items, chunksize, false)
     }
@@ -825,9 +810,7 @@ impl Pool {
     where
         F: Task<(A,)>,
         A: Serialize + 'static,
-        I: IntoIterator,
-        I::Item: Borrow<A>,
-        I::IntoIter: Send + 'static,
+        I: StreamInputs<A>,
     {
         let entry = entry_of::<F>()?;
         let chunksize = check_chunksize(Some(chunksize))?.unwrap_or(1);
