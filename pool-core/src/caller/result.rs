@@ -111,7 +111,7 @@ fn contained(f: impl FnOnce()) {
 /// large `Error`) is never built on the common path.
 ///
 /// Returns the bytes of the reply's items read, if all of the batch's items were
-/// there (as [`ReplySink::deliver`](crate::engine::ReplySink::deliver)).
+/// there (as [`ReplySink::deliver`]).
 pub(crate) fn decode_reply<R: DeserializeOwned>(
     task: &str,
     reply: Reply,

@@ -109,7 +109,7 @@ pub fn type_id_of_val<T: 'static>(_: &T) -> TypeId {
 struct Index {
     by_type: HashMap<TypeId, &'static TaskEntry>,
     by_name: HashMap<&'static str, &'static TaskEntry>,
-    /// The unique name of each entry of [`TASKS`], by position.
+    /// The unique name of each entry of `TASKS`, by position.
     names: Vec<&'static str>,
     build_id: u64,
 }
