@@ -56,7 +56,7 @@ impl From<std::process::ExitStatus> for WorkerExit {
 /// match pool.map(parse, lines) {
 ///     Ok(values) => use_them(values),
 ///     Err(Error::TaskPanicked { index, message, .. }) => eprintln!("line {index}: {message}"),
-///     Err(Error::WorkerDied { index, exit, .. }) => eprintln!("line {index} killed its worker ({exit})"),
+///     Err(Error::WorkerDied { index, exit, .. }) => eprintln!("line {index}: worker {exit}"),
 ///     Err(other) => return Err(other.into()),
 /// }
 /// ```
