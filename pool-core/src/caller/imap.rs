@@ -358,6 +358,7 @@ pub struct Imap<R> {
     link: Arc<Link>,
     /// `None` once dropped.
     feeder: Option<JoinHandle<()>>,
+    /// Where the decoders and the feeder leave the stream's messages.
     inbox: Arc<Inbox<R>>,
     /// Messages taken from the inbox, to look at (kept for its allocation).
     arrived: Vec<Msg<R>>,

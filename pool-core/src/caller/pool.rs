@@ -4,10 +4,9 @@
 //! threads. Every call goes the same way: look the task up in the registry by the
 //! type of the function item, check the arguments, encode the items into batches
 //! (for `map`, a chunk or a [`PIECE_BYTES`] piece of a big one; for `imap`, a
-//! chunk) and queue them with a sink
-//! that gathers the replies — a `Collector` for `map`, `starmap` and `apply`, the
-//! stream's decoder for `imap`. `apply` may skip the queue (the engine's direct
-//! path). Nothing here talks to a worker.
+//! chunk) and queue them with a sink that gathers the replies — a `Collector` for
+//! `map`, `starmap` and `apply`, the stream's decoder for `imap`. `apply` may skip
+//! the queue (the engine's direct path). Nothing here talks to a worker.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -523,8 +522,8 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// Those of [`map`](Self::map) that come before anything runs; the workers'
-    /// come through the [`AsyncResult`].
+    /// Those of [`map`](Self::map) that come before anything runs (but for the
+    /// refusal in a callback); the workers' come through the [`AsyncResult`].
     pub fn map_async<F, A, I>(
         &self,
         task: F,
