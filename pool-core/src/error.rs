@@ -1,9 +1,17 @@
-//! The one public error type.
+//! The one public error type, [`Error`], and [`WorkerExit`], how a worker ended.
+//!
+//! Every fallible call of the crate returns an `Error`: a pool never panics at its
+//! caller for something that went wrong in a worker, and never hangs on it. The
+//! helpers at the bottom build the messages that several modules share.
 
 use std::fmt;
 use std::time::Duration;
 
-/// How a worker process ended.
+/// How a worker process ended, as [`Error::WorkerDied`] reports it.
+///
+/// `Signal(9)` is `SIGKILL`: the kernel's out-of-memory killer, a `kill -9`, or the
+/// pool itself, which kills a worker whose link failed if it has not exited within
+/// 100 ms. A worker that failed outside any task exits with code 70.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WorkerExit {
@@ -43,12 +51,24 @@ impl From<std::process::ExitStatus> for WorkerExit {
 ///
 /// `Clone`, so that one failure can be handed to every waiter it concerns (the items
 /// of a chunk, the calls queued on a pool that lost its last worker).
+///
+/// ```rust,ignore
+/// match pool.map(parse, lines) {
+///     Ok(values) => use_them(values),
+///     Err(Error::TaskPanicked { index, message, .. }) => eprintln!("line {index}: {message}"),
+///     Err(Error::WorkerDied { index, exit, .. }) => eprintln!("line {index}: worker {exit}"),
+///     Err(other) => return Err(other.into()),
+/// }
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The function was not marked `#[pool_task]`, or is a closure, or is a
     /// function pointer (`let f: fn(u64) -> u64 = square;`), which names no function
     /// a worker could look up: pass the function item (`square`) itself.
+    ///
+    /// Returned by the call before anything is sent (by `build` for an
+    /// initializer); the message says which of the cases it is.
     #[error("{}", not_registered(.name))]
     NotRegistered {
         /// The Rust type name of the function or closure that was passed.
@@ -71,6 +91,9 @@ pub enum Error {
     },
 
     /// A worker process exited or was killed while it was running a task.
+    ///
+    /// With `retry_lost_tasks`, the chunk first runs again; this is the error once
+    /// its retries are spent.
     #[error("worker {pid} {exit} while running task `{task}` on item {index}")]
     WorkerDied {
         /// Registered name of the task it was running.
@@ -88,6 +111,11 @@ pub enum Error {
 
     /// A task ran past its time limit (its worker was killed and replaced), or a
     /// wait for a result timed out (the work goes on).
+    ///
+    /// The fields tell the cases apart: a task over `task_timeout` has all three; a
+    /// worker whose initializer ran over its limit has no `index`; a wait
+    /// (`AsyncResult::get_timeout`, `Imap::next_timeout`) has no `pid`, as no worker
+    /// was killed. Never retried.
     #[error("timed out after {after:?}{}", fmt_task(.task, .index, .pid))]
     Timeout {
         /// Registered name of the task, when one is concerned.
@@ -102,6 +130,9 @@ pub enum Error {
 
     /// The pool's initializer failed in a new worker. The worker is not used, and
     /// the pool does not retry it in a loop.
+    ///
+    /// `build` returns it for the first workers; for a replacement worker, calls get
+    /// it once no worker is left.
     #[error("initializer `{task}` failed in worker {pid}: {source}")]
     InitializerFailed {
         /// Registered name of the initializer.
@@ -114,6 +145,11 @@ pub enum Error {
     },
 
     /// A value of an item could not be serialized or deserialized.
+    ///
+    /// An argument that does not serialize fails the call at once (its chunks already
+    /// sent are cancelled; an `imap` ends after the items before it). In the worker,
+    /// or for a result the parent cannot decode, it is that item's error and the
+    /// other items run.
     #[error("item {index} of task `{task}` could not be {what}: {message}")]
     Serialization {
         /// Registered name of the task.
@@ -126,11 +162,18 @@ pub enum Error {
         message: String,
     },
 
-    /// A bad builder or call argument.
+    /// A bad builder or call argument: a zero that must be positive, a chunk over
+    /// the frame cap, an input whose exact `size_hint` lied, a blocking call from a
+    /// callback of the same pool, a pool started inside a worker, a result asked
+    /// for twice. The message says which.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
     /// Work was submitted after `close` or `terminate`, or the pool went away.
+    ///
+    /// Also what pending results and streams get when the pool is terminated or
+    /// dropped under them: queued work is dropped, and its waiters are woken with
+    /// this.
     #[error("the pool is closed: no new work is accepted")]
     PoolClosed,
 
@@ -138,11 +181,18 @@ pub enum Error {
     #[error("{0}")]
     NotInitialized(String),
 
-    /// A worker could not be started or did not complete the handshake.
+    /// A worker could not be started or did not complete the handshake: it exited
+    /// first (the usual sign that `procpool::init()` is not the first line of
+    /// `main`), or did not answer within `startup_timeout`.
     #[error("worker failed to start: {0}")]
     Startup(String),
 
     /// A malformed, oversized or mismatched frame from the other side.
+    ///
+    /// Includes a handshake that does not match (another build, another protocol
+    /// version, a wrong secret) and a batch the worker refused (a task it does not
+    /// know, results over the frame cap). A worker that sent a bad frame is killed
+    /// and replaced; protocol errors are never retried.
     #[error("protocol error: {0}")]
     Protocol(String),
 
@@ -151,6 +201,7 @@ pub enum Error {
     Io(std::sync::Arc<std::io::Error>),
 }
 
+/// For `?` on system calls; the error is shared, so `Error` stays `Clone`.
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(std::sync::Arc::new(e))
@@ -184,6 +235,8 @@ fn is_fn_pointer(name: &str) -> bool {
     rest.starts_with("fn(") || rest.starts_with("for<")
 }
 
+/// The ` (at file:line:column)` tail of [`Error::TaskPanicked`]'s message, if the
+/// location is known.
 fn fmt_location(location: &Option<String>) -> String {
     location
         .as_ref()
@@ -191,6 +244,8 @@ fn fmt_location(location: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
+/// The tail of [`Error::Timeout`]'s message: each of task, item and killed worker
+/// that is known.
 fn fmt_task(task: &Option<String>, index: &Option<usize>, pid: &Option<u32>) -> String {
     let mut s = String::new();
     if let Some(t) = task {
@@ -206,6 +261,7 @@ fn fmt_task(task: &Option<String>, index: &Option<usize>, pid: &Option<u32>) -> 
 }
 
 impl Error {
+    /// An [`Error::Protocol`] with `msg`.
     pub(crate) fn protocol(msg: impl Into<String>) -> Self {
         Error::Protocol(msg.into())
     }

@@ -9,7 +9,10 @@ use crate::error::Error;
 use crate::transport::Transport;
 use crate::wire::marker::Marker;
 
+/// The transports `init()` was given, the default first; unset until it runs.
 static TRANSPORTS: OnceLock<&'static [&'static dyn Transport]> = OnceLock::new();
+/// Set once, when this process starts serving as a worker; never cleared (the
+/// process exits when it stops serving).
 static SERVING: AtomicBool = AtomicBool::new(false);
 
 /// Records the transports of this build (the first is the default); the first call
@@ -24,11 +27,20 @@ pub(crate) fn set_serving() {
 }
 
 /// True in a worker process (inside a task).
+///
+/// For code shared by the parent and its tasks that must behave otherwise in a
+/// worker (a task cannot start a pool of its own, say).
 pub fn is_worker() -> bool {
     SERVING.load(Ordering::Relaxed)
 }
 
 /// The transports `init` recorded, or why a pool cannot start in this process.
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] inside a worker; [`Error::NotInitialized`] if
+/// `init()` has not run, with a message of its own for a worker that is running
+/// `main` because `init()` is not its first line.
 pub(crate) fn transports() -> Result<&'static [&'static dyn Transport], Error> {
     if is_worker() {
         return Err(Error::InvalidArgument(

@@ -24,6 +24,12 @@ use rustix::process::{
 ///
 /// The death signal is armed before `exec` and survives it, so there is no window in
 /// which a worker whose parent died keeps running the user's program.
+///
+/// The steps run in the child in this order: scheduling policy back to
+/// `SCHED_OTHER` (when spawned by a batch-scheduled driver), death signal, parent
+/// check, address-space limit, close-on-exec of every inherited descriptor, then
+/// the progress page on its descriptor. A failing step fails the `spawn` with its
+/// error (`NotConnected` when the parent is gone), and the program is never run.
 pub(crate) fn prepare_worker(
     command: &mut Command,
     parent: Pid,
@@ -192,7 +198,8 @@ fn place(from: RawFd, to: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Bytes of a progress page.
+/// Bytes of a progress page. Its layout: the frame id, a `u64` at offset 0; the
+/// item, a `u32` at offset 8; the rest unused.
 const PAGE: usize = 4096;
 
 /// A page of memory shared by the pool and one worker, in which the worker notes
@@ -202,7 +209,11 @@ const PAGE: usize = 4096;
 /// the last mapping and descriptor.
 #[derive(Debug)]
 pub(crate) struct ProgressPage {
+    /// The memfd. In the parent it stays open so that [`prepare_worker`] can place it
+    /// on [`PROGRESS_FD`] in the worker it is made for; in the worker it is the
+    /// adopted descriptor.
     fd: OwnedFd,
+    /// The start of the shared mapping, [`PAGE`] bytes, page-aligned.
     base: NonNull<u8>,
 }
 
@@ -214,6 +225,11 @@ unsafe impl Sync for ProgressPage {}
 
 impl ProgressPage {
     /// A new page, zeroed (no frame started), in the parent.
+    ///
+    /// # Errors
+    ///
+    /// What `memfd_create`, `ftruncate` or `mmap` report. The caller goes on without
+    /// a page: the worker's frames then all count as started.
     pub(crate) fn create() -> io::Result<ProgressPage> {
         let fd = rustix::fs::memfd_create("procpool-progress", rustix::fs::MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&fd, PAGE as u64)?;
@@ -221,6 +237,14 @@ impl ProgressPage {
     }
 
     /// In a worker: the page the pool placed on [`PROGRESS_FD`], if it is one.
+    ///
+    /// The descriptor is made close-on-exec again, so that a program a task starts
+    /// does not inherit it.
+    ///
+    /// # Errors
+    ///
+    /// `EBADF` if nothing is open there, `InvalidInput` if it is smaller than a
+    /// page, or what `fcntl` or `mmap` report. The worker then serves without a page.
     pub(crate) fn adopt() -> io::Result<ProgressPage> {
         // SAFETY: a borrow for the duration of fstat only; if the descriptor is not
         // open, fstat fails with EBADF and nothing else happens.
@@ -244,6 +268,11 @@ impl ProgressPage {
         Self::map(self.fd.try_clone()?)
     }
 
+    /// Maps the first [`PAGE`] bytes of `fd`, shared, read and write.
+    ///
+    /// # Errors
+    ///
+    /// What `mmap` reports.
     fn map(fd: OwnedFd) -> io::Result<ProgressPage> {
         use rustix::mm::{MapFlags, ProtFlags, mmap};
         // SAFETY: a fresh shared mapping of PAGE bytes of a memfd at least that long,
@@ -278,6 +307,9 @@ impl ProgressPage {
     }
 
     /// In a worker: notes that frame `id` starts, at its item 0.
+    ///
+    /// The item is reset before the id is published (`Release`), so a pool that
+    /// reads the new id never pairs it with the last frame's item.
     pub(crate) fn begin(&self, id: u64) {
         self.item().store(0, Ordering::Relaxed);
         self.frame().store(id, Ordering::Release);

@@ -21,6 +21,17 @@ use crate::error::Error;
 /// The trait is implemented for closures too, so that they compile; a closure is
 /// then refused at run time with [`Error::NotRegistered`],
 /// because only a `#[pool_task]` function can be found by a worker.
+///
+/// ```rust,ignore
+/// #[pool_task]
+/// fn add(a: u64, b: u64) -> u64 { a + b }   // add: Task<(u64, u64), Output = u64>
+///
+/// let three = pool.apply(add, (1, 2))?;
+/// let sums = pool.starmap(add, [(1, 2), (3, 4)])?;   // [3, 7]
+/// ```
+///
+/// In the worker, [`call`](Task::call) is what the batch runner invokes for each
+/// item, with the tuple it decoded.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot run as a pool task with the arguments `{Args}`",
     label = "not a pool task taking `{Args}`",
@@ -37,6 +48,8 @@ pub trait Task<Args>: 'static {
     fn call(&self, args: Args) -> Self::Output;
 }
 
+/// Implements [`Task`] for every `Fn` of the listed parameters (`a1 A1, a2 A2`: the
+/// binding and the type of each).
 macro_rules! impl_task {
     ($($arg:ident $ty:ident),*) => {
         impl<Func, Out, $($ty,)*> Task<($($ty,)*)> for Func
@@ -54,6 +67,7 @@ macro_rules! impl_task {
     };
 }
 
+/// Calls `$name!` once for each arity from 0 to 12.
 macro_rules! all_the_tuples {
     ($name:ident) => {
         $name!();

@@ -48,6 +48,12 @@ pub fn watch(spin: Duration, mut look: impl FnMut() -> Result<bool, Error>) -> R
 
 /// Refuses a frame of `len` bytes that a sender is about to send over a link whose
 /// cap is `max_frame`, before anything is written.
+///
+/// # Errors
+///
+/// [`Error::Protocol`] if `len` is over the cap. Nothing was written, so the link
+/// is still in step (a worker answers a reply refused this way with `Refused` and
+/// goes on).
 pub fn check_outgoing(len: usize, max_frame: usize) -> Result<(), Error> {
     if len > max_frame {
         return Err(Error::Protocol(format!(
@@ -59,6 +65,10 @@ pub fn check_outgoing(len: usize, max_frame: usize) -> Result<(), Error> {
 
 /// Refuses a frame announced (or found) to be `len` bytes long on a link whose cap
 /// is `max_frame`, before anything is allocated for it.
+///
+/// # Errors
+///
+/// [`Error::Protocol`] if `len` is over the cap.
 pub fn check_incoming(len: usize, max_frame: usize) -> Result<(), Error> {
     if len > max_frame {
         return Err(Error::Protocol(format!(
@@ -70,6 +80,10 @@ pub fn check_incoming(len: usize, max_frame: usize) -> Result<(), Error> {
 
 /// 128 random bits from the kernel: the per-pool secret of the handshake, and what
 /// a transport's bootstrap needs to tell its workers from strangers.
+///
+/// # Errors
+///
+/// [`Error::Io`] if `/dev/urandom` cannot be opened or read.
 pub fn random_secret() -> Result<u128, Error> {
     use std::io::Read;
     let mut bytes = [0u8; 16];

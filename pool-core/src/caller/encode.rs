@@ -1,5 +1,12 @@
 //! Encoding a call's items: length-prefixed, postcard-encoded argument tuples, and
 //! the chunk-size rules.
+//!
+//! Every item is encoded on its own, behind its length, straight into the batch's
+//! buffer: a worker finds each item without decoding the ones before it, an
+//! argument that fails to decode in the worker fails that item alone, and the
+//! pool can cut a chunk into pieces, or share a reply out, at any item boundary.
+//! One tuple per item, whatever the call: `map` sends `(item,)`, `starmap` and
+//! `apply` the caller's tuple, so the worker's runner decodes the same `Args`.
 
 use serde::Serialize;
 
@@ -12,6 +19,11 @@ use crate::wire::registry::TaskEntry;
 ///
 /// Inlined: it is the body of every encoding loop (a call per item costs as much as
 /// the encoding of a small item).
+///
+/// # Errors
+///
+/// [`Error::Serialization`] naming the task and the item's `index` if the value
+/// does not serialize; `buf` is then as it was before the call.
 #[inline]
 pub(super) fn push_argument<A: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
@@ -32,6 +44,10 @@ pub(super) fn push_argument<A: Serialize + ?Sized>(
 /// Checks a caller's chunk size: zero is refused; one larger than a frame can count
 /// (`u32::MAX` items) is taken as `u32::MAX`, which for any real input means "one
 /// chunk" (the API takes a `usize`, so `usize::MAX` must mean "as large as you like").
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] for `Some(0)`.
 pub(super) fn check_chunksize(chunksize: Option<usize>) -> Result<Option<usize>, Error> {
     match chunksize {
         Some(0) => Err(Error::InvalidArgument(
@@ -42,6 +58,9 @@ pub(super) fn check_chunksize(chunksize: Option<usize>) -> Result<Option<usize>,
 }
 
 /// Python's default chunk size: `ceil(len / (4 * processes))`.
+///
+/// About four chunks per worker: few enough messages, and enough chunks that a
+/// worker that finishes early takes another. At least 1, also for an empty input.
 pub(super) fn default_chunksize(len: usize, processes: usize) -> usize {
     len.div_ceil(4 * processes).max(1)
 }

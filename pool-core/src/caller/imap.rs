@@ -1,4 +1,27 @@
 //! Lazy, streaming maps: [`Imap`], behind `Pool::imap` and `Pool::imap_unordered`.
+//!
+//! Three parties share a stream:
+//!
+//! ```text
+//! feeder thread ── reads the input, encodes a chunk ── submit(batch) ──▶ engine queue
+//!      ▲                                                                     │
+//!      │ Link: consumed count, wake_at                                       ▼
+//! consumer (Imap::next) ◀── Inbox: Msg::Chunk / Msg::Ended ◀── Decoder (on a driver)
+//! ```
+//!
+//! - The **feeder** ([`Feeder`]) runs the input iterator on a thread of its own, so
+//!   the consumer never waits inside the input and the input may wait on results.
+//!   It reads a chunk, queues it as one batch, and stops when the read-ahead is
+//!   full, until the consumer has taken enough.
+//! - The **decoder** ([`Decoder`]) is the batches' sink: it decodes each reply on
+//!   the driver thread that received it and leaves the values in the [`Inbox`].
+//! - The **consumer** (the `Imap` itself) takes every message at once, puts chunks
+//!   in order (or not, for `imap_unordered`) and hands the items out one by one;
+//!   after each chunk it publishes how far it got, which is what frees the feeder.
+//!
+//! Every batch answers exactly once (run, failed, or dropped by a terminating pool),
+//! and the feeder always says where the input ended, so the consumer never waits for
+//! something that cannot come.
 
 use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
@@ -18,6 +41,7 @@ use crate::error::Error;
 /// errors with their positions, so each item costs only its value (the decoded
 /// values cross from a pool thread to the consumer: smaller is faster).
 struct Decoded<R> {
+    /// The successful values, in order, without the errors' places.
     values: std::vec::IntoIter<R>,
     /// `(position in the chunk, error)`, by position.
     errors: VecDeque<(usize, Error)>,
@@ -29,6 +53,8 @@ struct Decoded<R> {
 }
 
 impl<R> Decoded<R> {
+    /// A chunk of `total` items: `values` for the successes and `errors` at their
+    /// positions (`values.len() + errors.len() == total` for a whole chunk).
     fn new(values: Vec<R>, errors: VecDeque<(usize, Error)>, total: usize) -> Self {
         let mut chunk = Decoded {
             values: values.into_iter(),
@@ -70,6 +96,8 @@ impl<R> Decoded<R> {
 impl<R> Iterator for Decoded<R> {
     type Item = Result<R, Error>;
 
+    /// A value while the run of values lasts (one count to look at), else
+    /// [`next_after_run`](Self::next_after_run), out of line.
     #[inline]
     fn next(&mut self) -> Option<Result<R, Error>> {
         if self.clean > 0 {
@@ -122,7 +150,9 @@ enum Want {
 /// call, and a woken consumer with nothing to do only sleeps again): in input
 /// order, a chunk that comes early does not.
 struct Inbox<R> {
+    /// The messages and what the consumer waits for.
     mailbox: Mutex<Mailbox<R>>,
+    /// Where the consumer waits.
     arrived: Condvar,
 }
 
@@ -169,6 +199,10 @@ impl<R> Inbox<R> {
     /// Waits until what the consumer `want`s has arrived, or until `deadline`, then
     /// moves every message that arrived into `into`. `false` if the deadline came
     /// first.
+    ///
+    /// All at once: the consumer takes the lock once for everything that came while
+    /// it was busy, not once per chunk. What came before the deadline is handed over
+    /// even when the wanted message did not come.
     fn take(&self, want: Want, deadline: Option<Instant>, into: &mut Vec<Msg<R>>) -> bool {
         let mut mailbox = lock(&self.mailbox);
         let mut in_time = true;
@@ -211,11 +245,17 @@ impl<R> Inbox<R> {
 /// Decodes replies on the pool thread that received them, so the consumer only
 /// moves finished values.
 struct Decoder<R> {
+    /// The task's registered name, for errors.
     task: &'static str,
+    /// Where the decoded chunks go.
     inbox: Arc<Inbox<R>>,
 }
 
 impl<R: DeserializeOwned + Send> ReplySink for Decoder<R> {
+    /// Decodes the reply into one [`Decoded`] chunk (a failed batch gives each of its
+    /// items the batch's error) and leaves it in the inbox, dropped there if the
+    /// stream is gone. Decoding here spreads it over the drivers, in parallel, and
+    /// leaves the consumer only the moves.
     fn deliver(&self, reply: Reply) -> Option<usize> {
         let first = reply.first_index;
         let len = reply.count as usize;
@@ -257,6 +297,10 @@ pub(crate) struct Fill<'a> {
 }
 
 /// Chunks kept in flight per worker process.
+///
+/// The read-ahead of a stream is `CHUNKS_PER_WORKER × processes × chunksize` items:
+/// enough for every worker to have its next chunks queued while the consumer is
+/// behind, bounded so that an endless input streams in constant memory.
 const CHUNKS_PER_WORKER: usize = 8;
 
 /// A feeder whose read-ahead is full waits for a chunk and this fraction of the
@@ -291,15 +335,30 @@ const FEEDER_NAME: &str = "procpool-imap-feeder";
 /// at that moment, the drop does not wait for it (that could hang): the thread is
 /// left to end by itself when `next()` returns, dropping the input then. Otherwise
 /// it has ended, and the input is dropped, when the drop returns.
+///
+/// ```rust,ignore
+/// let lines = BufReader::new(File::open("huge.csv")?).lines().map_while(Result::ok);
+/// for parsed in pool.imap_chunked(parse_line, lines, 256)? {
+///     match parsed {
+///         Ok(record) => store(record),
+///         Err(e) => eprintln!("skipped: {e}"), // one bad line; the stream goes on
+///     }
+/// }
+/// ```
 pub struct Imap<R> {
+    /// The task's registered name, for errors.
     task: &'static str,
+    /// Items per chunk (per batch).
     chunksize: usize,
+    /// `imap` (input order) rather than `imap_unordered`.
     ordered: bool,
+    /// The stream's cancellation flag, shared with its batches: set by the drop.
     job: Arc<Call>,
-    /// Engine with the feeder thread.
+    /// Shared with the feeder thread.
     link: Arc<Link>,
     /// `None` once dropped.
     feeder: Option<JoinHandle<()>>,
+    /// Where the decoders and the feeder leave the stream's messages.
     inbox: Arc<Inbox<R>>,
     /// Messages taken from the inbox, to look at (kept for its allocation).
     arrived: Vec<Msg<R>>,
@@ -312,6 +371,7 @@ pub struct Imap<R> {
     end: Option<usize>,
     /// Ordered mode: chunks that arrived early, by first index.
     early: BTreeMap<usize, Decoded<R>>,
+    /// Ordered mode: the first index of the chunk to hand out next.
     next_expected: usize,
     /// The chunk being handed out.
     current: Decoded<R>,
@@ -319,8 +379,11 @@ pub struct Imap<R> {
     ready: VecDeque<Decoded<R>>,
     /// An error to yield once everything before it has been yielded.
     last_error: Option<Error>,
+    /// Items in the input, if its `size_hint` was exact.
     total: Option<usize>,
+    /// When the stream started, for [`Progress::elapsed`].
     started: Instant,
+    /// The hook of [`with_progress`](Imap::with_progress), run on the consumer's thread.
     on_progress: Option<Box<dyn FnMut(Progress) + Send>>,
 }
 
@@ -364,10 +427,13 @@ impl Link {
 
 /// The feeder thread of an [`Imap`]: reads the input, submits its chunks.
 struct Feeder<R> {
+    /// The pool's queue, where the chunks go.
     shared: Arc<Engine>,
+    /// The task's registered name, in each batch.
     task: &'static str,
     /// The input, read and encoded.
     source: Source,
+    /// Most items per chunk.
     chunksize: usize,
     /// Most items read ahead of the consumer.
     ahead: usize,
@@ -377,6 +443,7 @@ struct Feeder<R> {
     sink: Arc<dyn ReplySink>,
     /// Where the end of the input is told.
     inbox: Arc<Inbox<R>>,
+    /// What it shares with the consumer.
     link: Arc<Link>,
     /// Items submitted.
     read: usize,
@@ -387,6 +454,14 @@ struct Feeder<R> {
 impl<R: Send + 'static> Feeder<R> {
     /// Reads and submits chunks while the read-ahead allows, until the input ends
     /// or the stream is dropped; then tells the consumer where the input ended.
+    ///
+    /// Around each call into the input it raises `in_input`, then checks `stop`: with
+    /// the drop storing `stop` before it reads `in_input` (all `SeqCst`), either the
+    /// drop sees the feeder in the input and leaves it, or the feeder sees the drop
+    /// and returns; the drop never joins a thread stuck in `next()`. A panic in the
+    /// input is caught: the items encoded before it go out as the last chunk, and the
+    /// panic becomes the stream's last error. A refused batch (the pool closed) ends
+    /// the input with that error.
     fn run(mut self) {
         // Size of the last chunk, to size the next one's buffer.
         let mut last_chunk_bytes = 0;
@@ -458,6 +533,14 @@ impl<R: Send + 'static> Feeder<R> {
 
     /// Waits until another chunk may be read after `read` items; `false` if the
     /// stream was dropped.
+    ///
+    /// The bound: a chunk may be read while `read + chunksize <= consumed + window`,
+    /// `window` being the read-ahead (at least one chunk), so the feeder is never
+    /// more than `window` items ahead of what the consumer has taken. When it is
+    /// full, the feeder sets `wake_at` to the count at which a chunk *and* an eighth
+    /// of the window are free ([`REFILL_DIVISOR`]), capped at `read` (the consumer
+    /// can publish no more than it received, so a higher mark could never be
+    /// reached), and sleeps until the consumer's [`Link::publish`] passes it.
     fn wait_for_room(&self, read: usize) -> bool {
         let link = &*self.link;
         let window = self.ahead.max(self.chunksize);
@@ -536,6 +619,11 @@ impl<R> std::fmt::Debug for Imap<R> {
 
 impl<R: DeserializeOwned + Send + 'static> Imap<R> {
     /// Starts the stream: its feeder thread starts reading `source` now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the feeder thread cannot be spawned; nothing has been read
+    /// or sent then.
     pub(crate) fn new(
         shared: Arc<Engine>,
         task: &'static str,
@@ -601,11 +689,18 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
     }
 
     /// Calls `f` on the consuming thread each time a chunk of results arrives.
+    ///
+    /// Its `done` counts the items handed out or waiting to be (received, in
+    /// order or early), so it may run ahead of what you have consumed; `total` is
+    /// known only for an input whose `size_hint` is exact. It runs inside
+    /// [`next`](Iterator::next), between items: keep it short.
     pub fn with_progress(mut self, f: impl FnMut(Progress) + Send + 'static) -> Self {
         self.on_progress = Some(Box::new(f));
         self
     }
 
+    /// Takes in one message: a chunk goes in line (ordered mode: after the chunks
+    /// before it), the end of the input is noted; then the progress hook runs.
     fn receive(&mut self, msg: Msg<R>) {
         let (first, items) = match msg {
             Msg::Chunk(first, items) => (first, items),
@@ -660,6 +755,8 @@ impl<R: DeserializeOwned + Send + 'static> Iterator for Imap<R> {
         self.next_chunk(None)
     }
 
+    /// At least the results ready now, at most the items left of an input of known
+    /// length (no upper bound otherwise).
     fn size_hint(&self) -> (usize, Option<usize>) {
         let left = self.total.map(|t| t.saturating_sub(self.yielded()));
         let ready =
@@ -673,6 +770,21 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
     /// (Python's `IMapIterator.next(timeout)`). Past it, this is an
     /// [`Error::Timeout`] (with no pid: no worker was killed) and the stream stays
     /// usable: the awaited item comes with a later call. `None` at the end.
+    ///
+    /// The time-out is not an item of the stream: it takes no place in the count.
+    /// In input order it names the index of the awaited item; in completion order
+    /// no index, as any item may come next.
+    ///
+    /// ```rust,ignore
+    /// let mut results = pool.imap(fetch, urls)?;
+    /// loop {
+    ///     match results.next_timeout(Duration::from_secs(1)) {
+    ///         None => break,
+    ///         Some(Err(Error::Timeout { pid: None, .. })) => report_slow(),
+    ///         Some(item) => handle(item),
+    ///     }
+    /// }
+    /// ```
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, Error>> {
         if let Some(item) = self.current.next() {
             return Some(item);
@@ -682,6 +794,12 @@ impl<R: DeserializeOwned + Send + 'static> Imap<R> {
 
     /// [`Iterator::next`] once the chunk at hand is used up, waiting until
     /// `deadline` (and its timeout) if given.
+    ///
+    /// In this order: the next ready chunk (publishing the count, so the feeder may
+    /// read on); the end, once every chunk the feeder submitted has come back (then
+    /// the last error, if any, and `None`); else publish what was handed out and
+    /// wait in the inbox for the chunk that comes next (any chunk, unordered). A
+    /// time-out is reported only after what arrived meanwhile has been taken in.
     #[inline(never)]
     fn next_chunk(&mut self, deadline: Option<(Instant, Duration)>) -> Option<Result<R, Error>> {
         let mut timed_out = false;
@@ -744,6 +862,9 @@ impl<R> Imap<R> {
 }
 
 impl<R> Drop for Imap<R> {
+    /// Cancels the stream's queued chunks, closes the inbox (what comes later is
+    /// dropped where it arrives), stops the feeder and joins it unless it is inside
+    /// the input.
     fn drop(&mut self) {
         self.job.cancel();
         self.inbox.close();

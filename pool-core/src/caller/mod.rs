@@ -3,6 +3,13 @@
 //! come later ([`AsyncResult`](result::AsyncResult), [`Imap`](imap::Imap)) and the
 //! collector that turns batch replies into them. It encodes a call's items into
 //! batches and hands them to the engine; it never talks to a worker itself.
+//!
+//! - `pool`: the handle, the builder, and every call's path to the queue.
+//! - `encode`: one item into its length-prefixed tuple, and the chunk sizes.
+//! - `result`: [`AsyncResult`](result::AsyncResult), [`Callbacks`](result::Callbacks)
+//!   and the collector of `map`, `starmap` and `apply`.
+//! - `imap`: the stream, its feeder thread, its inbox and decoder.
+//! - `bar`: indicatif progress bars over the progress hooks (feature `progress`).
 
 #[cfg(feature = "progress")]
 mod bar;

@@ -1,4 +1,12 @@
 //! The [`Pool`] handle and its [`PoolBuilder`].
+//!
+//! A pool is an `Arc` of the engine's shared state plus the handles of its driver
+//! threads. Every call goes the same way: look the task up in the registry by the
+//! type of the function item, check the arguments, encode the items into batches
+//! (for `map`, a chunk or a [`PIECE_BYTES`] piece of a big one; for `imap`, a
+//! chunk) and queue them with a sink that gathers the replies — a `Collector` for
+//! `map`, `starmap` and `apply`, the stream's decoder for `imap`. `apply` may skip
+//! the queue (the engine's direct path). Nothing here talks to a worker.
 
 use std::borrow::Borrow;
 
@@ -14,6 +22,10 @@ use serde::de::DeserializeOwned;
 
 /// Encoded bytes after which a chunk's items go out as one piece and the rest as
 /// further pieces.
+///
+/// So that a big chunk does not wait to be encoded whole: the workers start on its
+/// first piece while the rest is encoded. An item is never split, so a piece may
+/// pass this by up to one item.
 const PIECE_BYTES: usize = 128 * 1024;
 
 use super::encode::{check_chunksize, default_chunksize, push_argument};
@@ -36,8 +48,25 @@ use crate::wire::registry::{self, TaskEntry};
 /// between threads with `Arc` and submit from all of them at once.
 ///
 /// Dropping the pool terminates and reaps its workers: no orphan, no zombie.
+///
+/// ```rust,ignore
+/// #[pool_task]
+/// fn square(n: u64) -> u64 { n * n }
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init();
+///     let pool = Pool::new(4)?;
+///     assert_eq!(pool.map(square, 1..=3u64)?, [1, 4, 9]);
+///     assert_eq!(pool.apply(square, (7,))?, 49);
+///     for r in pool.imap(square, 0..u64::MAX)?.take(5) { println!("{}", r?); }
+///     Ok(())
+/// }
+/// ```
 pub struct Pool {
+    /// The engine's state, shared with the drivers and with the feeder thread of
+    /// each `imap`.
     shared: Arc<Engine>,
+    /// The driver threads, joined once by whoever closes or drops the pool first.
     drivers: Mutex<Drivers>,
     /// Signalled when the drivers have been joined.
     joined: Condvar,
@@ -46,6 +75,7 @@ pub struct Pool {
 /// The pool's driver threads, and who joins them.
 #[derive(Default)]
 struct Drivers {
+    /// One per worker slot; taken by the thread that joins them.
     handles: Vec<JoinHandle<()>>,
     /// The drivers' thread ids, kept after their handles are taken.
     ids: Vec<ThreadId>,
@@ -66,21 +96,47 @@ impl fmt::Debug for Pool {
 }
 
 /// Configures and starts a [`Pool`]; from [`Pool::builder`].
+///
+/// The setters never fail: every value is checked by [`build`](Self::build), which
+/// reports the first bad one.
+///
+/// ```rust,ignore
+/// let pool = Pool::builder()
+///     .processes(8)
+///     .initializer(load_model, ("model.bin".to_string(),))
+///     .task_timeout(Duration::from_secs(30))
+///     .retry_lost_tasks(2)
+///     .max_tasks_per_child(10_000)
+///     .build()?;
+/// ```
 #[derive(Debug, Clone)]
 pub struct PoolBuilder {
+    /// `None`: the machine's available parallelism.
     processes: Option<usize>,
+    /// `None`: the first transport `init()` recorded.
     transport: Option<&'static dyn Transport>,
+    /// The frame cap in bytes, both ways.
     max_frame: usize,
+    /// How long each new worker may take to answer the handshake.
     startup_timeout: Duration,
+    /// Items after which a worker is replaced.
     max_tasks_per_child: Option<usize>,
+    /// Resident bytes after which a worker is replaced.
     max_memory_per_child: Option<u64>,
+    /// The initializer, encoded when it is set; an error (an unregistered task,
+    /// arguments that do not serialize) is kept for `build` to return.
     initializer: Option<Result<Initializer, Error>>,
+    /// The limit on one item's run.
     task_timeout: Option<Duration>,
+    /// Runs of a chunk lost with its worker that are tried again.
     retry_lost_tasks: u32,
+    /// Each worker's `RLIMIT_AS`.
     memory_limit: Option<u64>,
 }
 
 impl Default for PoolBuilder {
+    /// The defaults each setter names: one worker per CPU, the default transport, a
+    /// 1 GiB frame cap, 20 s to start, no recycling, no limits, no retries.
     fn default() -> Self {
         PoolBuilder {
             processes: None,
@@ -106,6 +162,9 @@ impl PoolBuilder {
     }
 
     /// Which transport carries the frames; default: the first compiled-in one (pipe).
+    ///
+    /// It must be one `init()` recorded (compiled into this program): the worker
+    /// looks it up by name in its own list.
     pub fn transport(mut self, transport: impl IntoTransport) -> Self {
         self.transport = Some(transport.into_transport());
         self
@@ -114,12 +173,19 @@ impl PoolBuilder {
     /// Largest frame (one chunk of arguments or results) in bytes; default 1 GiB.
     /// A chunk that does not fit is refused with [`Error::InvalidArgument`] (arguments)
     /// or [`Error::Protocol`] (results), never truncated.
+    ///
+    /// [`build`](Self::build) refuses a cap under 2048 bytes (room for the headers)
+    /// or over `u32::MAX`. A `map` chunk is sent in pieces of about 128 KiB; the cap
+    /// matters for large items, for `imap` chunks, which go whole, and for results.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.max_frame = bytes;
         self
     }
 
     /// How long a new worker may take to answer the handshake; default 20 s.
+    ///
+    /// Also the initializer's time limit when there is no
+    /// [`task_timeout`](Self::task_timeout). Zero is refused by [`build`](Self::build).
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
         self
@@ -155,6 +221,11 @@ impl PoolBuilder {
     /// replacement worker's initializer fails later, that driver gives up (the pool
     /// runs on with fewer workers); once no worker is left, calls fail with that
     /// error. The pool never loops respawning workers whose initializer fails.
+    ///
+    /// The initializer is timed, by [`task_timeout`](Self::task_timeout) or else
+    /// [`startup_timeout`](Self::startup_timeout): a worker stuck in it is killed
+    /// and reported as [`Error::Timeout`]. An unregistered task or arguments that do
+    /// not serialize are reported by `build`.
     pub fn initializer<F, Args>(mut self, task: F, args: Args) -> Self
     where
         F: Task<Args>,
@@ -176,6 +247,10 @@ impl PoolBuilder {
     /// Kills a worker whose task runs longer than `limit`; that item fails with
     /// [`Error::Timeout`] (the other items of its chunk fail with it), and a fresh
     /// worker takes over. Zero is refused by [`build`](Self::build).
+    ///
+    /// Each item is timed on its own (the worker reports each item's start), so a
+    /// chunk may take `chunksize` times the limit. With a limit, batches are neither
+    /// sent ahead nor grouped: quick tasks pay a round trip per chunk.
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.task_timeout = Some(limit);
         self
@@ -201,6 +276,25 @@ impl PoolBuilder {
     }
 
     /// Starts the workers and waits until each has answered the handshake.
+    ///
+    /// Workers start in parallel, one driver thread each, and run the initializer
+    /// before they count as started. If any fails, the pool is dropped (what did
+    /// start is terminated and reaped) and the first failure is returned.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidArgument`] for a bad setting (zero processes, a zero limit,
+    ///   a frame cap out of range), when no transport is compiled in, and when
+    ///   called inside a worker.
+    /// - [`Error::NotInitialized`] if `procpool::init()` has not run.
+    /// - The initializer's [`Error::NotRegistered`] or [`Error::Serialization`].
+    /// - The first worker's failure: [`Error::Startup`] (it exited before the
+    ///   handshake, or did not answer in time), [`Error::Protocol`] (a handshake
+    ///   that does not match), [`Error::InitializerFailed`], [`Error::Timeout`] (an
+    ///   initializer over its limit), [`Error::Io`] (it could not be spawned).
+    /// - [`Error::Io`] if the secret cannot be drawn or a driver thread cannot start.
+    /// - [`Error::Startup`] if some worker has not answered within
+    ///   `startup_timeout` plus 5 s.
     pub fn build(self) -> Result<Pool, Error> {
         let processes = match self.processes {
             Some(0) => {
@@ -312,6 +406,10 @@ impl Pool {
     /// A pool of `processes` workers with default settings.
     ///
     /// `Pool::new(0)` is an [`Error::InvalidArgument`].
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::build`].
     pub fn new(processes: usize) -> Result<Pool, Error> {
         Pool::builder().processes(processes).build()
     }
@@ -340,6 +438,23 @@ impl Pool {
     /// `items` may be any `IntoIterator` whose items are the parameter's type or a
     /// reference to it. The first failing item (in completion order) ends the call
     /// with its error.
+    ///
+    /// ```rust,ignore
+    /// let squares = pool.map(square, [1u64, 2, 3])?;   // items by value
+    /// let lengths = pool.map(char_count, &names)?;     // or by reference: &String
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - Before anything runs: [`Error::NotRegistered`]; [`Error::Serialization`]
+    ///   for an argument that does not serialize; [`Error::InvalidArgument`] for a
+    ///   piece of encoded arguments over the frame cap, an input whose exact
+    ///   `size_hint` was wrong, or a call from a callback of this pool;
+    ///   [`Error::PoolClosed`], or the error that made the pool lose its last worker.
+    /// - From the workers, the first failed item's error: [`Error::TaskPanicked`],
+    ///   [`Error::WorkerDied`], [`Error::Timeout`], [`Error::Serialization`],
+    ///   [`Error::Protocol`]; [`Error::PoolClosed`] if the pool is terminated
+    ///   meanwhile. The chunks still queued are then cancelled.
     pub fn map<F, A, I>(&self, task: F, items: I) -> Result<Vec<F::Output>, Error>
     where
         F: Task<(A,)>,
@@ -353,6 +468,13 @@ impl Pool {
 
     /// [`map`](Self::map) with an explicit chunk size (items per message to a worker).
     /// A chunk size of zero is an [`Error::InvalidArgument`].
+    ///
+    /// Larger chunks cost fewer messages; smaller ones balance uneven items better
+    /// and lose less when a worker dies (a lost chunk fails, or reruns, whole).
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map).
     pub fn map_chunked<F, A, I>(
         &self,
         task: F,
@@ -372,6 +494,10 @@ impl Pool {
     /// [`map`](Self::map) that calls `on_progress` (on a pool thread) each time a chunk
     /// finishes: draw your own progress bar. With the `progress` feature of the
     /// `procpool` facade, `map_progress` draws one for you.
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map).
     pub fn map_with_progress<F, A, I>(
         &self,
         task: F,
@@ -390,6 +516,14 @@ impl Pool {
 
     /// Starts a [`map`](Self::map) and returns at once. The input is read and encoded
     /// before this returns; results arrive in the [`AsyncResult`].
+    ///
+    /// Unlike `map`, it may be called from a callback of this pool (it does not
+    /// wait); waiting for its result there is what is refused.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`map`](Self::map) that come before anything runs (but for the
+    /// refusal in a callback); the workers' come through the [`AsyncResult`].
     pub fn map_async<F, A, I>(
         &self,
         task: F,
@@ -405,6 +539,14 @@ impl Pool {
 
     /// [`map_async`](Self::map_async) with an optional chunk size and [`Callbacks`]
     /// (Python's `callback` and `error_callback`, and a progress hook).
+    ///
+    /// If this returns an error, the callbacks never run (chunks already queued are
+    /// cancelled).
+    ///
+    /// # Errors
+    ///
+    /// As [`map_async`](Self::map_async), and [`Error::InvalidArgument`] for a
+    /// chunk size of zero.
     pub fn map_async_with<F, A, I>(
         &self,
         task: F,
@@ -422,6 +564,10 @@ impl Pool {
 
     /// Applies a task to every argument tuple: `starmap(add, [(1, 2), (3, 4)])` is
     /// `[add(1, 2), add(3, 4)]`. Chunking as in [`map`](Self::map).
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map).
     pub fn starmap<F, Args, I>(&self, task: F, items: I) -> Result<Vec<F::Output>, Error>
     where
         F: Task<Args>,
@@ -434,6 +580,10 @@ impl Pool {
     }
 
     /// [`starmap`](Self::starmap) with an explicit chunk size.
+    ///
+    /// # Errors
+    ///
+    /// As [`map_chunked`](Self::map_chunked).
     pub fn starmap_chunked<F, Args, I>(
         &self,
         task: F,
@@ -451,6 +601,10 @@ impl Pool {
     }
 
     /// Starts a [`starmap`](Self::starmap) and returns at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`map_async`](Self::map_async).
     pub fn starmap_async<F, Args, I>(
         &self,
         task: F,
@@ -465,6 +619,10 @@ impl Pool {
     }
 
     /// [`starmap_async`](Self::starmap_async) with an optional chunk size and [`Callbacks`].
+    ///
+    /// # Errors
+    ///
+    /// As [`map_async_with`](Self::map_async_with).
     pub fn starmap_async_with<F, Args, I>(
         &self,
         task: F,
@@ -488,6 +646,14 @@ impl Pool {
     /// than the pipe's. Pools with `max_tasks_per_child`, `max_memory_per_child` or
     /// `retry_lost_tasks` always
     /// go through the queue, where those options are applied.
+    ///
+    /// On the direct path a worker that turns out to have died while idle costs
+    /// nothing: the call goes through the queue instead, to the worker that replaces
+    /// it.
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map), for its one item (reported at index 0).
     pub fn apply<F, Args>(&self, task: F, args: Args) -> Result<F::Output, Error>
     where
         F: Task<Args>,
@@ -526,6 +692,13 @@ impl Pool {
     }
 
     /// Starts an [`apply`](Self::apply) and returns at once.
+    ///
+    /// Always through the queue: there is no caller waiting to do the direct path's
+    /// round trip.
+    ///
+    /// # Errors
+    ///
+    /// As [`map_async`](Self::map_async).
     pub fn apply_async<F, Args>(&self, task: F, args: Args) -> Result<AsyncResult<F::Output>, Error>
     where
         F: Task<Args>,
@@ -535,6 +708,10 @@ impl Pool {
     }
 
     /// [`apply_async`](Self::apply_async) with [`Callbacks`].
+    ///
+    /// # Errors
+    ///
+    /// As [`map_async`](Self::map_async).
     pub fn apply_async_with<F, Args>(
         &self,
         task: F,
@@ -556,6 +733,15 @@ impl Pool {
 
     /// Lazily applies a one-parameter task to every item; results in input order as
     /// they become available. Chunk size 1, as in Python; see [`Imap`] for memory bounds.
+    ///
+    /// The input is read on the stream's own thread, hence `Send + 'static`; it may
+    /// be endless. Each item's outcome is a `Result` of the stream: a failed item
+    /// does not end it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotRegistered`], [`Error::PoolClosed`], or [`Error::Io`] if the
+    /// feeder thread cannot start. Everything else comes through the stream.
     pub fn imap<F, A, I>(&self, task: F, items: I) -> Result<Imap<F::Output>, Error>
     where
         F: Task<(A,)>,
@@ -566,6 +752,14 @@ impl Pool {
     }
 
     /// [`imap`](Self::imap) with `chunksize` items per message: much faster for tiny tasks.
+    ///
+    /// A chunk goes out once it is full (or the input ends), and an `imap` chunk is
+    /// never cut in pieces: it must fit the frame cap whole.
+    ///
+    /// # Errors
+    ///
+    /// As [`imap`](Self::imap), and [`Error::InvalidArgument`] for a chunk size of
+    /// zero.
     pub fn imap_chunked<F, A, I>(
         &self,
         task: F,
@@ -581,6 +775,12 @@ impl Pool {
     }
 
     /// Like [`imap`](Self::imap), but results come in completion order.
+    ///
+    /// A slow item then holds back only itself, not the results after it.
+    ///
+    /// # Errors
+    ///
+    /// As [`imap`](Self::imap).
     pub fn imap_unordered<F, A, I>(&self, task: F, items: I) -> Result<Imap<F::Output>, Error>
     where
         F: Task<(A,)>,
@@ -591,6 +791,10 @@ impl Pool {
     }
 
     /// [`imap_unordered`](Self::imap_unordered) with an explicit chunk size.
+    ///
+    /// # Errors
+    ///
+    /// As [`imap_chunked`](Self::imap_chunked).
     pub fn imap_unordered_chunked<F, A, I>(
         &self,
         task: F,
@@ -607,6 +811,9 @@ impl Pool {
 
     /// Stops accepting work. Queued work still runs; then workers exit.
     /// Submitting afterwards is an [`Error::PoolClosed`].
+    ///
+    /// An `imap` whose input is still being read ends with that error after the
+    /// results of the chunks it had queued.
     pub fn close(&self) {
         self.shared.close();
     }
@@ -620,6 +827,13 @@ impl Pool {
     /// Waits until every worker has exited and been reaped. Needs [`close`](Self::close)
     /// or [`terminate`](Self::terminate) first, as in Python (else an
     /// [`Error::InvalidArgument`], not a hang).
+    ///
+    /// Safe from several threads at once, and from a callback of this pool: the
+    /// callback's own driver is not waited for (it ends when the callback returns).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if the pool is neither closed nor terminated.
     pub fn join(&self) -> Result<(), Error> {
         if !self.shared.is_closed() {
             return Err(Error::InvalidArgument(
@@ -660,6 +874,14 @@ impl Pool {
     }
 
     /// Encodes and chunks all items, queues them, and returns the pending outcome.
+    ///
+    /// The common body of `map`, `starmap` and the `_async` calls; `finish` makes the
+    /// outcome from the results (`Ok` for a `Vec`, [`single`] for `apply`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotRegistered`], a zero chunk size, and whatever
+    /// [`submit_streaming`](Self::submit_streaming) returns.
     fn submit_all<F, A, B, T, R>(
         &self,
         _task: &F,
@@ -698,6 +920,13 @@ impl Pool {
     }
 
     /// Queues one encoded chunk of a call: items `first..first + count` in `buf`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `buf` is over the frame cap (checked here, so
+    /// that the call fails at once), or what the queue refuses with:
+    /// [`Error::PoolClosed`], or why the last driver gave up. The batch is then
+    /// dropped silently; the caller abandons the call.
     fn send_chunk(
         &self,
         entry: &'static TaskEntry,
@@ -736,6 +965,17 @@ impl Pool {
 
     /// With the number of items known, each chunk goes to the workers as soon as it
     /// is encoded, so encoding overlaps with the work.
+    ///
+    /// Each piece's buffer is sized like the piece before it, so a long call does
+    /// not grow its buffers by doubling over and over.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PoolClosed`] if the pool is closed; an item's
+    /// [`Error::Serialization`]; [`Error::InvalidArgument`] if the input yields fewer
+    /// or more items than `total`; [`send_chunk`](Self::send_chunk)'s errors. Any of
+    /// them abandons the call: chunks already queued are cancelled, the callbacks
+    /// never run.
     fn submit_streaming<A, B, T, R>(
         &self,
         entry: &'static TaskEntry,
@@ -800,6 +1040,16 @@ impl Pool {
         Ok(AsyncResult::new(collector))
     }
 
+    /// The body of the four `imap` calls: checks the call, wraps the input in the
+    /// [`Source`] the feeder thread runs, and starts the stream.
+    ///
+    /// The input's `size_hint`, if exact, becomes the stream's known total (for its
+    /// own `size_hint` and progress); the input is not collected first, as `map`'s
+    /// may be.
+    ///
+    /// # Errors
+    ///
+    /// As [`imap_chunked`](Self::imap_chunked).
     fn stream<F, A, I>(
         &self,
         _task: &F,
@@ -855,6 +1105,8 @@ impl Pool {
 }
 
 impl Drop for Pool {
+    /// Terminates (pending results and streams get [`Error::PoolClosed`]) and joins
+    /// the drivers, which reap their workers.
     fn drop(&mut self) {
         self.shared.terminate();
         self.join_drivers();
@@ -862,11 +1114,21 @@ impl Drop for Pool {
 }
 
 /// The one result of an `apply`.
+///
+/// # Errors
+///
+/// [`Error::Protocol`] if there is none, which the collector's count rules out.
 fn single<T>(mut v: Vec<T>) -> Result<T, Error> {
     v.pop()
         .ok_or_else(|| Error::Protocol("no result for apply".into()))
 }
 
+/// The registry entry of the function item type `F`.
+///
+/// # Errors
+///
+/// [`Error::NotRegistered`] naming `F`'s type (a closure, a function pointer, a
+/// function without `#[pool_task]`).
 fn entry_of<F: 'static>() -> Result<&'static TaskEntry, Error> {
     registry::by_type::<F>().ok_or_else(|| Error::NotRegistered {
         name: std::any::type_name::<F>().to_owned(),

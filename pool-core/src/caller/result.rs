@@ -1,5 +1,15 @@
 //! Results that arrive later: [`AsyncResult`], its [`Callbacks`], and the collector
 //! that turns batch replies into one typed outcome.
+//!
+//! Every `map`, `starmap` and `apply` (blocking or not) is a [`Collector`]: the sink
+//! of all the call's batches. Drivers hand it each batch's reply as it comes back;
+//! it decodes the results, puts them in input order, and once every item is in —
+//! or at the first error — settles the call in two steps: under its lock it marks
+//! the outcome *decided* (later replies are ignored; after an error the call's
+//! queued batches are cancelled), then without the lock it runs the callbacks and
+//! publishes the outcome, which wakes whoever waits in [`AsyncResult::get`]. The
+//! blocking calls are the `_async` ones followed by `get` (`apply` first tries the
+//! direct path, which needs no collector).
 
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
@@ -13,6 +23,9 @@ use crate::error::{Error, fewer_items};
 use crate::wire::protocol::{self, Items, STATUS_FAILED, STATUS_OK};
 
 /// How far a call has got, for progress hooks.
+///
+/// Given to [`Callbacks::on_progress`] (on a pool thread, as chunks finish) and to
+/// `Imap::with_progress` (on the consuming thread, as chunks arrive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Progress {
@@ -24,8 +37,11 @@ pub struct Progress {
     pub elapsed: Duration,
 }
 
+/// A boxed [`Callbacks::on_success`]: run at most once, with the result.
 type SuccessFn<R> = Box<dyn FnOnce(&R) + Send>;
+/// A boxed [`Callbacks::on_error`]: run at most once, with the error.
 type ErrorFn = Box<dyn FnOnce(&Error) + Send>;
+/// A boxed [`Callbacks::on_progress`]: run any number of times.
 type ProgressFn = Box<dyn FnMut(Progress) + Send>;
 
 /// Functions run when an asynchronous call progresses or completes, like the
@@ -48,9 +64,26 @@ type ProgressFn = Box<dyn FnMut(Progress) + Send>;
 /// scheduled thread (their wake-ups do not preempt others; same CPU share), and a
 /// thread or process started from a callback inherits that policy. A pool built in a
 /// callback schedules its own workers normally.
+///
+/// ```rust,ignore
+/// let done = pool.map_async_with(
+///     square,
+///     1..=1000u64,
+///     None,
+///     Callbacks::new()
+///         .on_success(|squares: &Vec<u64>| println!("{} squares", squares.len()))
+///         .on_error(|e| eprintln!("failed: {e}"))
+///         .on_progress(|p| eprintln!("{}/{:?}", p.done, p.total)),
+/// )?;
+/// // ... other work ...
+/// let squares = done.get()?; // the callbacks have run by now
+/// ```
 pub struct Callbacks<R> {
+    /// Taken by the collector and run if the call succeeds.
     on_success: Option<SuccessFn<R>>,
+    /// Taken by the collector and run if the call fails.
     on_error: Option<ErrorFn>,
+    /// Moved into the collector's progress hook.
     on_progress: Option<ProgressFn>,
 }
 
@@ -81,12 +114,18 @@ impl<R> Callbacks<R> {
     }
 
     /// Run with the result when the call succeeds (Python's `callback`).
+    ///
+    /// It gets the result by reference: the [`AsyncResult`] still hands it out
+    /// afterwards.
     pub fn on_success(mut self, f: impl FnOnce(&R) + Send + 'static) -> Self {
         self.on_success = Some(Box::new(f));
         self
     }
 
     /// Run with the error when the call fails (Python's `error_callback`).
+    ///
+    /// Runs once per call, with the error that decided it (the first error to come
+    /// back), not once per failed item.
     pub fn on_error(mut self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
         self.on_error = Some(Box::new(f));
         self
@@ -94,6 +133,9 @@ impl<R> Callbacks<R> {
 
     /// Run as chunks of items finish, with a strictly increasing count whose last
     /// value is the total (chunks finishing together may share one update).
+    ///
+    /// The count includes failed items. Updates stop once the call is decided: a
+    /// call that fails may end before the count reaches the total.
     pub fn on_progress(mut self, f: impl FnMut(Progress) + Send + 'static) -> Self {
         self.on_progress = Some(Box::new(f));
         self
@@ -101,6 +143,9 @@ impl<R> Callbacks<R> {
 }
 
 /// Runs a user callback, containing its panic.
+///
+/// Callbacks run on driver threads: a panic unwinding there would end the driver,
+/// not just the callback.
 fn contained(f: impl FnOnce()) {
     let _ = panic::catch_unwind(AssertUnwindSafe(f));
 }
@@ -111,7 +156,11 @@ fn contained(f: impl FnOnce()) {
 /// large `Error`) is never built on the common path.
 ///
 /// Returns the bytes of the reply's items read, if all of the batch's items were
-/// there (as [`ReplySink::deliver`](crate::engine::ReplySink::deliver)).
+/// there (as [`ReplySink::deliver`]).
+///
+/// `failed` gets each item's index in the caller's input (`first_index` onwards):
+/// an item that failed in the worker, one whose result does not decode here, and
+/// — when the reply runs short or a length is broken — every item from there on.
 pub(crate) fn decode_reply<R: DeserializeOwned>(
     task: &str,
     reply: Reply,
@@ -152,6 +201,8 @@ pub(crate) fn decode_reply<R: DeserializeOwned>(
     complete.then(|| frame.items().len() - items.remaining())
 }
 
+/// The error of a successful result that does not deserialize as the task's
+/// output here.
 #[cold]
 fn undecodable(task: &str, index: usize, e: postcard::Error) -> Error {
     Error::Serialization {
@@ -178,12 +229,20 @@ fn decode_failure(task: &str, item: &[u8], index: usize, pid: u32) -> Error {
 /// Collects the replies of one call into its outcome: the items in input order,
 /// turned into `R` by `finish` (`Vec<T>` for `map`, the single `T` for `apply`).
 pub(crate) struct Collector<T, R> {
+    /// The task's registered name, for errors.
     task: &'static str,
+    /// The call's cancellation flag, set when the outcome is decided by an error or
+    /// the call is abandoned: its batches still queued are dropped unrun.
     job: Arc<Call>,
+    /// Items in the call.
     total: usize,
+    /// When the call was submitted, for [`Progress::elapsed`].
     started: Instant,
+    /// Turns the results, in input order, into the outcome.
     finish: fn(Vec<T>) -> Result<R, Error>,
+    /// Everything the deliveries change, under one lock.
     state: Mutex<CollectState<T, R>>,
+    /// Signalled when the outcome is published.
     ready: Condvar,
     /// The progress hook, called without `state` held.
     on_progress: Mutex<ProgressHook>,
@@ -191,7 +250,10 @@ pub(crate) struct Collector<T, R> {
 
 /// A progress hook and the last count it was given.
 struct ProgressHook {
+    /// The user's hook; `None` without one, and once the call is settled or
+    /// abandoned (unless it was running at that moment).
     f: Option<ProgressFn>,
+    /// The count last given to it: a delivery that does not raise it calls nothing.
     reported: usize,
 }
 
@@ -201,6 +263,7 @@ thread_local! {
     static IN_PROGRESS_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// The mutable part of a [`Collector`].
 struct CollectState<T, R> {
     /// The results of items `0..len`, in input order; `None` while a driver decodes
     /// the chunk that comes next straight into it.
@@ -209,6 +272,7 @@ struct CollectState<T, R> {
     next: usize,
     /// Chunks decoded out of order, by first index, until those before them are in.
     pending: BTreeMap<usize, Vec<T>>,
+    /// Items whose reply has not come back yet.
     remaining: usize,
     /// The outcome is decided (its callbacks may still be running): later
     /// deliveries are ignored.
@@ -217,20 +281,31 @@ struct CollectState<T, R> {
     outcome: Option<Result<R, Error>>,
     /// Whether the outcome was `Ok`, kept after it is taken (for `successful`).
     succeeded: Option<bool>,
+    /// The outcome has been handed out: waiters stop waiting, a second `get` fails.
     taken: bool,
+    /// Moved to the [`Settling`] when the outcome is decided.
     on_success: Option<SuccessFn<R>>,
+    /// Moved to the [`Settling`] when the outcome is decided.
     on_error: Option<ErrorFn>,
 }
 
 /// What settling needs once the lock is released.
 struct Settling<T, R> {
+    /// The results in input order (all of them, unless `error` is set).
     values: Vec<T>,
+    /// The error that decided the call, if one did.
     error: Option<Error>,
+    /// The callbacks, to run without the lock.
     on_success: Option<SuccessFn<R>>,
+    /// The callbacks, to run without the lock.
     on_error: Option<ErrorFn>,
 }
 
 impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
+    /// The collector of a call of `total` items.
+    ///
+    /// A call of no items is settled here and now: its outcome (`finish` of an
+    /// empty `Vec`) is ready at once, and its callbacks run on the calling thread.
     pub(crate) fn new(
         task: &'static str,
         job: Arc<Call>,
@@ -273,6 +348,10 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
 
     /// Under the lock: if every item is in (or `error`), marks the outcome decided
     /// and takes what settling needs.
+    ///
+    /// Returns `Some` at most once per call (never after [`abandon`](Self::abandon));
+    /// an error also cancels the call's queued batches, whose results nobody would
+    /// read.
     fn decide(
         &self,
         state: &mut CollectState<T, R>,
@@ -295,6 +374,11 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
 
     /// Without the lock: builds the outcome, runs the callbacks (which may call the
     /// pool, even terminate it), then publishes the outcome and wakes the waiters.
+    ///
+    /// Callbacks first, then the outcome: so that when `get` returns, the callback
+    /// has run (as in Python). An outcome without error but with fewer values than
+    /// items would mean a reply was lost or counted twice; it is reported as
+    /// [`Error::Protocol`] rather than handed to `finish`.
     fn settle(&self, settling: Settling<T, R>) {
         let Settling {
             values,
@@ -326,6 +410,10 @@ impl<T: DeserializeOwned + Send, R: Send> Collector<T, R> {
 
     /// Makes the call's outcome unreachable and silent: for a call abandoned before
     /// its `AsyncResult` was handed out. Its queued chunks are cancelled.
+    ///
+    /// Used when encoding or queuing one of the call's chunks fails: the caller gets
+    /// that error, and the chunks already queued must neither run for nothing nor
+    /// call the callbacks.
     pub(crate) fn abandon(&self) {
         self.job.cancel();
         let mut state = lock(&self.state);
@@ -343,6 +431,10 @@ impl<T, R> Collector<T, R> {
     /// Calls the progress hook with the count of finished items, if it grew: counts
     /// are strictly increasing and the last one is the total (updates from chunks
     /// finishing together may coalesce).
+    ///
+    /// The hook has a lock of its own, held while it runs, so that two drivers never
+    /// run it at once; the count is read under that lock, so a later count is never
+    /// given before an earlier one.
     fn report_progress(&self) {
         if IN_PROGRESS_HOOK.with(std::cell::Cell::get) {
             return;
@@ -371,6 +463,13 @@ impl<T: DeserializeOwned + Send, R: Send> ReplySink for Collector<T, R> {
     /// out of the state meanwhile; a chunk that arrives early is decoded (in parallel)
     /// into a vector of its own and moved in once those before it are in. So the
     /// results are in place, in order, as soon as the last chunk is decoded.
+    ///
+    /// Why: a `map` of millions of small items would otherwise decode every value
+    /// into a chunk vector and move it again at the end. Chunks come back roughly in
+    /// order (the queue is first in, first out), so most values are written once,
+    /// into the vector `get` returns, and
+    /// the lock is held only to claim and return it, never while decoding. An early
+    /// chunk that fails is not kept: its error decides the call.
     fn deliver(&self, reply: Reply) -> Option<usize> {
         let first = reply.first_index;
         let count = reply.count as usize;
@@ -429,6 +528,9 @@ impl<T: DeserializeOwned + Send, R: Send> ReplySink for Collector<T, R> {
 }
 
 /// The waiting side of a [`Collector`], without its item type.
+///
+/// So that [`AsyncResult`] has one type parameter, the outcome's: the item type
+/// `T` of a `map` (whose outcome is `Vec<T>`) lives only behind this trait object.
 trait Outcome<R>: Send + Sync {
     /// Waits until the outcome is set or `deadline` passes; true if set.
     fn wait_until(&self, deadline: Option<Instant>) -> bool;
@@ -490,8 +592,21 @@ impl<T: DeserializeOwned + Send, R: Send> Outcome<R> for Collector<T, R> {
 ///
 /// It does not borrow the pool and may outlive it: if the pool is terminated or
 /// dropped first, the result is an [`Error::PoolClosed`], never a hang.
+///
+/// The work goes on whether or not the handle is kept: dropping it does not cancel
+/// the call (its callbacks still run).
+///
+/// ```rust,ignore
+/// let pending = pool.apply_async(slow, (input,))?;
+/// while !pending.wait_timeout(Duration::from_millis(100)) {
+///     spinner.tick();
+/// }
+/// let value = pending.get()?;
+/// ```
 pub struct AsyncResult<R> {
+    /// The call's collector, seen through [`Outcome`].
     outcome: Arc<dyn Outcome<R>>,
+    /// The task's registered name, for the error of a wait that timed out.
     task: &'static str,
 }
 
@@ -505,6 +620,7 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
 }
 
 impl<R: Send + 'static> AsyncResult<R> {
+    /// The handle of the call `collector` collects.
     pub(crate) fn new<T: DeserializeOwned + Send + 'static>(
         collector: Arc<Collector<T, R>>,
     ) -> Self {
@@ -517,7 +633,9 @@ impl<R: Send + 'static> AsyncResult<R> {
 }
 
 impl<R> AsyncResult<R> {
-    /// True once the call has finished, successfully or not.
+    /// True once the call has finished, successfully or not. Never blocks.
+    ///
+    /// "Finished" includes the callbacks: they have run when this turns true.
     pub fn ready(&self) -> bool {
         self.outcome.wait_until(Some(Instant::now()))
     }
@@ -530,11 +648,16 @@ impl<R> AsyncResult<R> {
     }
 
     /// Blocks until the call has finished.
+    ///
+    /// Unlike [`get`](Self::get), it is not refused on a thread of the same pool:
+    /// from a callback, waiting for a call of the same pool may never end.
     pub fn wait(&self) {
         self.outcome.wait_until(None);
     }
 
     /// Blocks until the call has finished or `timeout` passes; true if finished.
+    ///
+    /// A `timeout` too large to add to the current time waits without limit.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         self.outcome.wait_until(Instant::now().checked_add(timeout))
     }
@@ -544,6 +667,18 @@ impl<R> AsyncResult<R> {
     /// From a callback of the same pool, a call that is not ready yet is an
     /// [`Error::InvalidArgument`]: waiting there could wait for the callback's own
     /// thread forever.
+    ///
+    /// Callbacks run on the pool's driver threads, each the only thread that talks
+    /// to its worker. A callback that waits for a call of its own pool holds its
+    /// driver: with one worker, or with every driver in such a callback, the call
+    /// could never run. The check is cheap (the call remembers its pool, each driver
+    /// knows whose it is), and a call that is already done is returned anyway.
+    ///
+    /// # Errors
+    ///
+    /// The call's own error (the first item to fail, [`Error::PoolClosed`] if the
+    /// pool went away), [`Error::InvalidArgument`] as above, or if
+    /// [`get_timeout`](Self::get_timeout) has already returned the result.
     pub fn get(self) -> Result<R, Error> {
         if !self.ready() && self.outcome.on_own_driver() {
             return Err(crate::engine::blocking_in_callback());
@@ -556,6 +691,14 @@ impl<R> AsyncResult<R> {
     /// is an [`Error::Timeout`] and the handle stays usable; a result returned
     /// (`Ok` or the call's own error) is spent, and asking again is an
     /// [`Error::InvalidArgument`].
+    ///
+    /// Not refused on a pool's own thread, unlike [`get`](Self::get): the wait is
+    /// bounded.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] (with the task, no index and no pid) if the call is not
+    /// done within `timeout`; otherwise as [`get`](Self::get).
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<R, Error> {
         if !self.outcome.wait_until(Instant::now().checked_add(timeout)) {
             return Err(Error::Timeout {
@@ -569,6 +712,7 @@ impl<R> AsyncResult<R> {
     }
 }
 
+/// The error of a result asked for after `get_timeout` returned it.
 fn already_taken() -> Error {
     Error::InvalidArgument("this result was already returned by get_timeout".into())
 }

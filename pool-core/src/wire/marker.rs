@@ -1,5 +1,9 @@
 //! The environment marker: what the pool tells a process it starts as a worker, in
 //! one environment variable, and how the process tells whether it is meant for it.
+//!
+//! The worker is the program re-executed with the user's own arguments untouched,
+//! so what makes it a worker travels beside them, in the environment. `init()` reads
+//! it ([`Marker::for_this_process`]); a process without it is an ordinary one.
 
 /// The environment variable that makes a process a worker.
 pub(crate) const MARKER_ENV: &str = "PROCPOOL_WORKER";
@@ -10,8 +14,13 @@ pub(crate) const MARKER_ENV: &str = "PROCPOOL_WORKER";
 /// `Debug` leaves the secret out.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Marker {
+    /// The [`Transport::name`](crate::transport::Transport::name) to connect with.
+    /// It must not contain `:`, which separates the fields.
     pub(crate) transport: String,
+    /// The pid of the pool's process: a process whose parent is another is not
+    /// meant (see [`Marker::for_this_process`]).
     pub(crate) parent: u32,
+    /// The pool's frame cap, which the worker's link enforces too.
     pub(crate) max_frame: usize,
     /// The pool's random secret, echoed in the handshake.
     pub(crate) secret: u128,
@@ -31,6 +40,7 @@ impl std::fmt::Debug for Marker {
 }
 
 impl Marker {
+    /// The variable's value; the secret as 32 hex digits.
     pub(crate) fn encode(&self) -> String {
         format!(
             "1:{}:{}:{}:{}:{:032x}",
@@ -42,6 +52,8 @@ impl Marker {
         )
     }
 
+    /// The marker in `s`, as [`encode`](Self::encode) writes it; `None` for another
+    /// format version, a missing or extra field, or a field that does not parse.
     pub(crate) fn parse(s: &str) -> Option<Marker> {
         let mut parts = s.split(':');
         if parts.next()? != "1" {

@@ -7,26 +7,54 @@
 //! rest of the frame still decodes.
 //!
 //! ```text
-//! parent -> worker   Run { id, task, first_index, count, .. } | item | item | ...
+//! parent -> worker   Run { id, task, first_index, count, report_starts, direct } | item | ...
 //!                    item   = len  postcard(args tuple)
-//! worker -> parent   Hello { magic, protocol, build_id, pid, secret }   (first frame)
+//!                    Shutdown
+//! worker -> parent   Hello { magic, protocol, build_id, pid, secret }  (first frame)
 //!                    Started { id, item }                      (only if asked)
 //!                    Done { id, count } | item | item | ...
 //!                    item   = len  status  postcard(output | ItemFailure)
+//!                    Refused { id, reason }                  (instead of Done)
 //! ```
+//!
+//! The conversation is strictly one batch at a time on the worker's side: it sends
+//! its [`Hello`], then answers each `Batch` with one `Done` (or one `Refused`), in
+//! the order the batches came, until `Shutdown` or the end of the stream. The pool
+//! may write several batches before reading an answer (send-ahead, see the engine's
+//! README); it matches answers to batches by `id`.
+//!
+//! "Fails alone" holds for an item's *contents*: arguments the worker cannot
+//! deserialize, a panic, a result that does not serialize each become that item's
+//! failed result, and the items after it run. A bad *length* cannot be stepped over:
+//! [`Items`] reports it again at every later call, so nothing after it is read (a
+//! worker gives up on such a batch and exits; the pool fails the reply's items from
+//! there on).
+//!
+//! Headers borrow from the frame (`task: &str`, `reason: &str`), so decoding one
+//! allocates nothing. Everything here is plain data and pure functions: the frames
+//! are read by the fuzz targets and the benches through `__private::protocol`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
 /// Version of this protocol; parent and worker must agree.
+///
+/// Sent in [`Hello::protocol`] and compared by the pool, which refuses a worker of
+/// another version with [`Error::Protocol`]. Raise it whenever a header or the layout
+/// of the items changes.
 pub const PROTOCOL_VERSION: u32 = 2;
 
-/// First bytes of every handshake.
+/// First bytes of every handshake, compared before anything else: something on the
+/// other end of the link that is not a procpool worker at all is named as such ("bad
+/// magic") rather than as a worker of another version.
 pub const MAGIC: [u8; 4] = *b"PPL\x01";
 
 /// Default cap on one frame: 1 GiB. Larger frames are refused before anything is
 /// allocated for them.
+///
+/// The pool's `max_frame_size` replaces it; the cap travels to the worker in its
+/// environment marker, so both ends refuse the same frames.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
 
 /// A message from the pool to a worker.
@@ -34,36 +62,45 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
 pub enum ToWorker<'a> {
     /// Run `task` on `count` items (they follow the header).
     Run {
-        /// Identifies the reply.
+        /// Identifies the reply. Unique within a pool and never 0 (the progress page
+        /// uses 0 for "no frame started yet").
         id: u64,
-        /// Registered name of the task.
+        /// Registered name of the task, with its `#2` suffix if it has one (see the
+        /// registry): the worker looks it up by name, and answers `Refused` if it
+        /// does not know it.
         task: &'a str,
-        /// Index in the caller's input of the first item.
+        /// Index in the caller's input of the first item. The worker does not read
+        /// it: results are matched to items by their position in the frame.
         first_index: u64,
-        /// Number of items.
+        /// Number of items. The worker checks it against the items it finds: more or
+        /// fewer is a protocol error that ends the worker.
         count: u32,
         /// Send a [`FromWorker::Started`] as each item but the first starts, so the
-        /// pool can time every item (used with a task time limit).
+        /// pool can time every item (used with a task time limit, for batches of more
+        /// than one item; the first item is timed from the send).
         report_starts: bool,
-        /// A direct call, which the caller waits on (`apply`): after answering,
-        /// watch a moment for the next frame before sleeping, as such calls often
-        /// come in a loop.
+        /// A call the caller waits on (`apply`): after answering, watch a moment for
+        /// the next frame before sleeping, as such calls often come in a loop.
         direct: bool,
     },
-    /// Exit cleanly.
+    /// Exit cleanly: the worker returns from its serve loop and the process exits
+    /// with code 0. Sent when the pool closes and to a worker replaced after
+    /// `max_tasks_per_child` or `max_memory_per_child`; a terminating pool kills its
+    /// workers instead.
     Shutdown,
 }
 
 /// A message from a worker to the pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromWorker<'a> {
-    /// The handshake, sent once when the worker starts.
+    /// The handshake, sent once when the worker starts, before it reads anything.
     Hello(Hello),
     /// The results of batch `id` follow the header, one item each.
     Done {
         /// The batch this answers.
         id: u64,
-        /// Number of result items.
+        /// Number of result items: always the batch's `count` (the pool refuses any
+        /// other as a protocol error).
         count: u32,
     },
     /// Item `item` (counted from 0 within the frame) of frame `id` has started: the
@@ -74,28 +111,44 @@ pub enum FromWorker<'a> {
         /// The item that started.
         item: u32,
     },
-    /// The worker could not run batch `id` at all.
+    /// The worker could not run batch `id` at all, and goes on serving.
+    ///
+    /// Sent for a task name the worker does not know, and for results that would
+    /// not fit the frame cap (the transport refuses such a frame before writing
+    /// anything, so the link is still in step). The batch fails with
+    /// [`Error::Protocol`] carrying `reason`; a group of batches refused this way is
+    /// sent again one batch a frame.
     Refused {
         /// The batch this answers.
         id: u64,
-        /// Why.
+        /// Why, in words, for the caller's error.
         reason: &'a str,
     },
 }
 
 /// The worker's handshake. Its `Debug` leaves the secret out, so that no error
 /// message or log line shows it.
+///
+/// The pool checks every field in turn and refuses the worker, with
+/// [`Error::Protocol`] naming the first mismatch, if any is wrong. (The pool prints an
+/// unexpected header with `{:?}` in its protocol errors — a second `Hello` in place
+/// of a reply, say: one reason the secret must not be in `Debug`.)
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// Always [`MAGIC`].
     pub magic: [u8; 4],
     /// The worker's [`PROTOCOL_VERSION`].
     pub protocol: u32,
-    /// Fingerprint of the worker's task registry.
+    /// Fingerprint of the worker's task registry (a hash of procpool-core's version
+    /// and the sorted task paths): equal when parent and worker registered the same
+    /// tasks, so that the names they exchange mean the same functions.
     pub build_id: u64,
-    /// The worker's process id.
+    /// The worker's process id: must be the pid of the child the pool started on
+    /// this link.
     pub pid: u32,
-    /// The pool's per-pool secret, as the worker was given it.
+    /// The pool's per-pool secret, as the worker was given it in its environment
+    /// marker: a handshake that does not echo it is refused, so a process that was
+    /// not started by this pool is not taken for one of its workers.
     pub secret: u128,
 }
 
@@ -111,13 +164,17 @@ impl std::fmt::Debug for Hello {
 }
 
 /// Why one item failed inside the worker.
+///
+/// Travels postcard-encoded after `STATUS_FAILED` in the item's result; the pool
+/// turns it into the caller's [`Error`] with `into_error`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ItemFailure {
-    /// The task panicked.
+    /// The task panicked (while decoding its arguments, running, or encoding its
+    /// result).
     Panicked {
-        /// The panic message.
+        /// The panic message: the payload if it is a string, else a placeholder.
         message: String,
-        /// `file:line:column`, when known.
+        /// `file:line:column`, when known: captured by the worker's panic hook.
         location: Option<String>,
     },
     /// The arguments could not be deserialized in the worker.
@@ -127,7 +184,9 @@ pub enum ItemFailure {
 }
 
 impl ItemFailure {
-    /// The error a caller sees for this failure of item `index` of `task` in worker `pid`.
+    /// The error a caller sees for this failure of item `index` of `task` in worker
+    /// `pid`: [`Error::TaskPanicked`] for a panic, [`Error::Serialization`] for the
+    /// rest, whose `what` says on which side and in which direction it failed.
     pub(crate) fn into_error(self, task: &str, index: usize, pid: u32) -> Error {
         let task = task.to_owned();
         match self {
@@ -154,9 +213,9 @@ impl ItemFailure {
     }
 }
 
-/// Status byte of a result item.
+/// Status byte of a result item: the postcard encoding of the task's output follows.
 pub(crate) const STATUS_OK: u8 = 0;
-/// Status byte of a failed result item.
+/// Status byte of a failed result item: an encoded [`ItemFailure`] follows.
 pub(crate) const STATUS_FAILED: u8 = 1;
 
 /// A postcard flavor that appends to an existing `Vec`: one `push` or one
@@ -199,6 +258,12 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 }
 
 /// Appends the postcard encoding of `value` to `out`.
+///
+/// # Errors
+///
+/// What the value's `Serialize` reports, or postcard's refusals (a sequence of
+/// unknown length, say). `out` may then hold part of the encoding: callers cut it
+/// back ([`push_item`] does).
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
@@ -207,6 +272,10 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 }
 
 /// Encodes a header into `buf` (cleared first).
+///
+/// # Errors
+///
+/// [`Error::Protocol`] if postcard refuses the header, which none of ours can cause.
 pub(crate) fn encode_header<T: Serialize>(header: &T, buf: &mut Vec<u8>) -> Result<(), Error> {
     buf.clear();
     encode_into(header, buf)
@@ -214,6 +283,12 @@ pub(crate) fn encode_header<T: Serialize>(header: &T, buf: &mut Vec<u8>) -> Resu
 }
 
 /// Splits a frame into its header and the bytes after it.
+///
+/// # Errors
+///
+/// [`Error::Protocol`] for an empty frame or one whose header does not decode as a
+/// `T` (unknown variant, string running past the end, ...). Hostile bytes never
+/// panic it (a proptest runs it on random input).
 pub fn decode_header<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<(T, &'a [u8]), Error> {
     if frame.is_empty() {
         return Err(Error::protocol("empty frame"));
@@ -226,6 +301,11 @@ pub fn decode_header<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<(T, &'a 
 ///
 /// A one-byte length is reserved and widened afterwards only for items of 128 bytes
 /// or more, so small items are written once, with no scratch buffer.
+///
+/// # Errors
+///
+/// `write`'s error, with `buf` cut back to what it held before: a failed item leaves
+/// no trace, and the caller may go on appending.
 #[inline]
 pub(crate) fn push_item<E>(
     buf: &mut Vec<u8>,
@@ -246,6 +326,9 @@ pub(crate) fn push_item<E>(
 }
 
 /// Replaces the one-byte length reserved at `mark` with the varint of `len`.
+///
+/// The splice moves the item's bytes up by the extra length bytes: one copy, for
+/// items large enough that it costs little next to encoding them.
 #[cold]
 fn widen_length(buf: &mut Vec<u8>, mark: usize, len: usize) {
     let mut prefix = [0u8; 10];
@@ -253,6 +336,8 @@ fn widen_length(buf: &mut Vec<u8>, mark: usize, len: usize) {
     buf.splice(mark..mark + 1, prefix[..n].iter().copied());
 }
 
+/// Writes `v` as an unsigned LEB128 varint (7 bits a byte, low bits first, the high
+/// bit set on all bytes but the last) into `out`; returns the bytes used, 1 to 10.
 fn encode_varint(mut v: u64, out: &mut [u8; 10]) -> usize {
     let mut i = 0;
     loop {
@@ -268,8 +353,12 @@ fn encode_varint(mut v: u64, out: &mut [u8; 10]) -> usize {
 }
 
 /// Reads length-prefixed items out of a batch payload.
+///
+/// Used on both sides: the worker walks a batch's arguments, the pool a reply's
+/// results. It never panics and never reads past its slice, whatever the bytes.
 #[derive(Debug)]
 pub struct Items<'a> {
+    /// The items not read yet.
     rest: &'a [u8],
 }
 
@@ -280,6 +369,11 @@ impl<'a> Items<'a> {
     }
 
     /// The next item, `None` at the end, or an error for a bad length.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Protocol`] if the length is cut off, overflows 64 bits, or announces
+    /// more bytes than are left. The items after a bad length cannot be found.
     #[inline]
     pub fn next_item(&mut self) -> Result<Option<&'a [u8]>, Error> {
         // Fast path: a one-byte length (items under 128 bytes) that fits.
@@ -293,6 +387,8 @@ impl<'a> Items<'a> {
         self.next_item_slow()
     }
 
+    /// The general case of [`next_item`](Self::next_item): the end, a multi-byte
+    /// length, or a length that does not fit.
     #[cold]
     fn next_item_slow(&mut self) -> Result<Option<&'a [u8]>, Error> {
         if self.rest.is_empty() {
@@ -328,7 +424,8 @@ impl<'a> Items<'a> {
         Ok(Some(item))
     }
 
-    /// Bytes not read yet.
+    /// Bytes not read yet: what a reader subtracts from the payload's length to know
+    /// how many bytes its items took (see the engine's `ResultFrame::share_out`).
     pub fn remaining(&self) -> usize {
         self.rest.len()
     }

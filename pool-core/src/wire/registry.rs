@@ -31,8 +31,13 @@ pub type RunFn = fn(&mut BatchRun<'_>) -> Result<(), Error>;
 /// One registered task, as emitted by `#[pool_task]`.
 #[doc(hidden)]
 pub struct TaskEntry {
+    /// The path of the function, `module_path!()` and its name: not unique (see
+    /// [`TaskEntry::name`] for the name that is).
     name: &'static str,
+    /// The `TypeId` of the function item, behind a function called when the index
+    /// is built.
     type_id: fn() -> TypeId,
+    /// The runner `#[pool_task]` monomorphized for this function.
     run: RunFn,
 }
 
@@ -59,6 +64,11 @@ impl TaskEntry {
         (at < TASKS.len()).then_some(at)
     }
 
+    /// Runs one batch of this task in a worker.
+    ///
+    /// # Errors
+    ///
+    /// Only a malformed batch (see `run_batch`); failing items are results.
     pub(crate) fn run(&self, batch: &mut BatchRun<'_>) -> Result<(), Error> {
         (self.run)(batch)
     }
@@ -77,8 +87,12 @@ impl std::fmt::Debug for TaskEntry {
 /// `#[pool_task]` registered.
 #[doc(hidden)]
 pub struct BatchRun<'a> {
+    /// The batch's argument items, not yet read.
     pub(crate) items: Items<'a>,
+    /// Items announced by the header: the runner fails the batch if it holds more
+    /// or fewer.
     pub(crate) count: u32,
+    /// Where one result item per argument item is appended.
     pub(crate) out: &'a mut Vec<u8>,
     /// Called with `k` before item `k > 0` starts (only when the pool times items).
     pub(crate) started: Option<&'a mut (dyn FnMut(u32) -> Result<(), Error> + 'a)>,
@@ -106,14 +120,21 @@ pub fn type_id_of_val<T: 'static>(_: &T) -> TypeId {
     TypeId::of::<T>()
 }
 
+/// The lookups over `TASKS`, built once on first use.
 struct Index {
+    /// The parent's lookup: the function item handed to a call.
     by_type: HashMap<TypeId, &'static TaskEntry>,
+    /// The worker's lookup: the unique name a batch names.
     by_name: HashMap<&'static str, &'static TaskEntry>,
-    /// The unique name of each entry of [`TASKS`], by position.
+    /// The unique name of each entry of `TASKS`, by position.
     names: Vec<&'static str>,
+    /// See [`build_id`].
     build_id: u64,
 }
 
+/// The index, built on first use from `TASKS`, which the linker completed before
+/// `main`. The fingerprint hashes the sorted paths, not the suffixed names, so it
+/// does not depend on the slice's order.
 fn index() -> &'static Index {
     static INDEX: OnceLock<Index> = OnceLock::new();
     INDEX.get_or_init(|| {
@@ -201,10 +222,12 @@ pub fn task_names() -> Vec<&'static str> {
 struct Fnv(u64);
 
 impl Fnv {
+    /// The FNV-1a offset basis.
     fn new() -> Self {
         Fnv(0xcbf2_9ce4_8422_2325)
     }
 
+    /// Folds `bytes` in: xor each byte, multiply by the FNV prime.
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.0 ^= u64::from(b);

@@ -4,6 +4,11 @@
 //! `#[pool_task]` registers, for each task, a runner that calls [`run_batch`] with
 //! the function item: one monomorphized loop per task, in which decoding the
 //! arguments, the call and encoding the result inline together.
+//!
+//! Each result item is `len status body`: `STATUS_OK` and the postcard of the
+//! output, or `STATUS_FAILED` and an `ItemFailure`. An item that fails — arguments
+//! that do not decode, a panic, an output that does not encode — gets a failed
+//! result item in its place, and the items after it run as if nothing happened.
 
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
@@ -19,13 +24,21 @@ use crate::wire::registry::BatchRun;
 thread_local! {
     /// True while this thread runs a task under [`run_batch`]: its panics are captured.
     static IN_TASK: Cell<bool> = const { Cell::new(false) };
-    /// Where the last captured panic happened.
+    /// Where the last captured panic happened, set by the hook and taken by
+    /// [`panic_failure`] for the item's error.
     static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 /// Installs the worker's panic hook: panics inside a task are captured (message and
 /// location travel back to the parent in the error) instead of printed; panics
 /// elsewhere go to the previous hook.
+///
+/// The hook itself captures only the location (`file:line:column`), the one part of
+/// a panic the unwinding payload does not carry; the message is taken from the
+/// payload when `catch_unwind` returns it. A captured panic is not printed on the
+/// worker's stderr (the parent's): the caller gets it as [`Error::TaskPanicked`].
+/// That holds too for a panic a task catches itself, on the task's thread.
+/// Installed once, when the worker starts serving.
 pub(crate) fn install_panic_hook() {
     let previous = panic::take_hook();
     panic::set_hook(Box::new(move |info| {
@@ -52,6 +65,15 @@ pub(crate) fn install_panic_hook() {
 /// replaced by its failure, and the run goes on with the next item. Only the item's
 /// own work (decoding, the call, encoding) runs inside: the `started` hook, when
 /// there is one, is called outside, between runs of one item each.
+///
+/// Before item `k` runs, `batch.item` is set to `k` (one relaxed store): the
+/// worker's progress page, which the pool reads if the worker dies in it.
+///
+/// # Errors
+///
+/// [`Error::Protocol`] if the batch holds fewer or more items than its `count`, or
+/// a length that does not parse, or a failure that cannot be encoded; and the
+/// `started` hook's error. A panic in the hook is not caught: it is not an item's.
 #[doc(hidden)]
 pub fn run_batch<Args, F>(task: F, batch: &mut BatchRun<'_>) -> Result<(), Error>
 where
@@ -116,6 +138,11 @@ where
 }
 
 /// Appends a failed result item's status and failure.
+///
+/// # Errors
+///
+/// [`Error::Protocol`] if the failure cannot be encoded (postcard encodes these
+/// strings and options without fail).
 #[cold]
 fn push_failure(out: &mut Vec<u8>, failure: &ItemFailure) -> Result<(), Error> {
     out.push(STATUS_FAILED);
@@ -125,6 +152,11 @@ fn push_failure(out: &mut Vec<u8>, failure: &ItemFailure) -> Result<(), Error> {
 
 /// Runs one item: decodes the arguments from `input`, calls the function (a panic
 /// unwinds to [`run_batch`]), and appends the encoded result to `out`.
+///
+/// # Errors
+///
+/// [`ItemFailure::ArgDecode`] or [`ItemFailure::OutputEncode`], with `out` cut back
+/// to where the output began.
 #[inline]
 fn run_item<Args, F>(task: &F, input: &[u8], out: &mut Vec<u8>) -> Result<(), ItemFailure>
 where
@@ -141,7 +173,8 @@ where
     })
 }
 
-/// The failure reported for a task that panicked with `payload`.
+/// The failure reported for a task that panicked with `payload`: its message if it
+/// is a `&str` or a `String` (what `panic!` makes), and the location the hook noted.
 #[cold]
 fn panic_failure(payload: Box<dyn std::any::Any + Send>) -> ItemFailure {
     let message = if let Some(s) = payload.downcast_ref::<&'static str>() {

@@ -1,4 +1,10 @@
 //! The loop a worker process runs: handshake, then batches until the pool lets go.
+//!
+//! One frame in, one frame out: the worker reads a batch, runs all its items, and
+//! writes one `Done` frame with a result item per argument item (or one `Refused`).
+//! It never reads ahead; frames the pool sends ahead wait in the link. With a time
+//! limit it also writes a `Started` frame before each item but the first, which
+//! lets the pool time items one by one.
 
 use std::io::Write;
 use std::sync::atomic::AtomicU32;
@@ -21,10 +27,18 @@ const LINGER: Duration = Duration::from_micros(50);
 /// `procpool::init()` builds one from the transport's link and calls
 /// [`Server::run`].
 pub(crate) struct Server {
+    /// The worker's end of the link to the pool.
     link: Link,
+    /// This process's id, sent in the handshake and named in refusals.
     pid: u32,
+    /// The pool's secret from the marker, echoed in the handshake.
     secret: u128,
     /// Where the frame and item being run are noted for the pool, if it gave a page.
+    ///
+    /// When this worker dies, the pool reads there whether it had started the oldest
+    /// frame it was sent, and at which item: that item's batch gets the error (or a
+    /// retry), and a frame it had not started goes back to the queue. Without a page
+    /// the pool counts every frame of a dead worker as started.
     progress: Option<ProgressPage>,
 }
 
@@ -56,6 +70,20 @@ impl Server {
     /// Sends the handshake, then runs batches until the pool sends `Shutdown` or
     /// closes the channel. Task panics are caught and reported per item; only a
     /// broken channel or a malformed frame ends the loop with an error.
+    ///
+    /// For each batch: the task is looked up by name (the last batch's entry is
+    /// reused when the name matches), the page notes the frame's id, the items run,
+    /// stdout is flushed (so what a task printed comes out before the caller has its
+    /// result), and the results go back in one frame. A task this build does not
+    /// know, or results over the frame cap, are answered with `Refused`: that batch
+    /// fails and the worker goes on. After a frame sent `direct` (an `apply`)
+    /// the worker watches the link for [`LINGER`] before it sleeps.
+    ///
+    /// # Errors
+    ///
+    /// What the link reports when it breaks (the worker then exits with
+    /// `WORKER_FAILURE_EXIT`), and [`Error::Protocol`] for a frame whose header does
+    /// not decode or a batch that holds more or fewer items than it announces.
     pub(crate) fn run(mut self) -> Result<(), Error> {
         batch::install_panic_hook();
         let mut header = Vec::with_capacity(64);
@@ -144,6 +172,10 @@ impl Server {
     }
 
     /// Answers batch `id` with a refusal: the batch fails, the worker goes on.
+    ///
+    /// # Errors
+    ///
+    /// What the link reports if the refusal cannot be sent.
     fn refuse(&mut self, id: u64, reason: &str, header: &mut Vec<u8>) -> Result<(), Error> {
         protocol::encode_header(&FromWorker::Refused { id, reason }, header)?;
         self.link.sender.send(&[header])
@@ -153,6 +185,10 @@ impl Server {
 /// Runs `count` items of `entry` from `payload`, appending one result item each;
 /// `started(k)`, if given, is called before item `k > 0` runs, and `item` is set to
 /// `k` as item `k` starts.
+///
+/// # Errors
+///
+/// A malformed batch, or a `started` hook that could not send its `Started`.
 fn run_frame<'a>(
     entry: &TaskEntry,
     payload: &'a [u8],
