@@ -474,8 +474,9 @@ pub(crate) const HEADER_ROOM: usize = 512;
 impl Engine {
     /// Largest encoded batch payload that fits a frame.
     ///
-    /// The caller side cuts its chunks to it; a driver fails a batch over it before
-    /// writing anything (`chunk_too_large`), so the worker lives.
+    /// A `map` or `apply` chunk over it is refused by the caller side; one that
+    /// reaches a driver (an `imap` chunk) fails there before anything is written
+    /// (`chunk_too_large`), so the worker lives.
     pub(crate) fn max_chunk(&self) -> usize {
         self.config.link.max_frame.saturating_sub(HEADER_ROOM)
     }
