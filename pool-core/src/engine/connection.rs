@@ -1,6 +1,14 @@
 //! A driver's connection to its worker: start-up (through the pool's [`Launch`]),
 //! handshake, initializer, the exchange of frames, and the end of the worker.
 //!
+//! A connection's life: [`Connection::start`] (launch, handshake, initializer), then
+//! [`send`](Connection::send) and [`receive`](Connection::receive) for each frame
+//! (or [`exchange`](Connection::exchange) for a direct call), then
+//! [`shutdown`](Connection::shutdown) when the pool closes or the worker is
+//! recycled, or [`reap_failed`](Connection::reap_failed) when the link failed
+//! ([`LinkFailure`]). Once reaped, [`started`](Connection::started) tells how far
+//! the worker got.
+//!
 //! [`Launch`]: super::Launch
 
 use std::sync::atomic::Ordering;
@@ -14,18 +22,41 @@ use crate::wire::protocol::{self, FromWorker, MAGIC, PROTOCOL_VERSION, ToWorker}
 use crate::wire::registry;
 
 /// How a link to a worker failed.
+///
+/// Every failure ends the worker: the connection reaps it, and its batches are
+/// settled by `worker_lost` (or, on the direct path, by `run_direct`). Only a
+/// `Closed` failure may be retried.
 #[derive(Debug)]
 pub(super) enum LinkFailure {
     /// The worker went away (end of stream while waiting for a reply).
+    ///
+    /// From the receiver ([`Received::Closed`], or an I/O error through `From`);
+    /// also what [`Connection::reap_failed`] makes of a protocol error of a worker
+    /// that died by itself, and what `worker_lost` makes of `Unsent` once it has
+    /// read the replies the worker sent before.
     Closed,
     /// A frame could not be written: the worker had gone, and never got it.
+    ///
+    /// From [`Connection::send`], on an I/O error of the sender.
     Unsent,
     /// An item ran past the task time limit; `done` items of the batch had finished.
+    ///
+    /// From [`receive_within`](Connection::receive_within) when no frame came within
+    /// the limit of one item; `done` is the item of the last `Started` report (0 before
+    /// any): the one that was running. The worker is killed; never retried.
     TimedOut { done: u32 },
     /// The worker sent something it should not have; it is killed.
+    ///
+    /// A reply that does not decode, or answers another frame, or with another
+    /// count; a bad or late handshake; a failed initializer; any error of the
+    /// transport but I/O (a frame over the cap). Never retried.
     Broken(Error),
 }
 
+/// An error of the link: I/O means the worker is gone ([`LinkFailure::Closed`]);
+/// anything else, such as a frame cut short or over the cap, is
+/// [`LinkFailure::Broken`], which [`Connection::reap_failed`] may still find to be
+/// a death.
 impl From<Error> for LinkFailure {
     fn from(e: Error) -> Self {
         match e {
@@ -36,36 +67,69 @@ impl From<Error> for LinkFailure {
 }
 
 /// How long a direct call watches for its answer before its thread sleeps.
+///
+/// Longer than the worker's own watch for the next call after a direct one (50 µs,
+/// `LINGER` in `worker::serve`): a thread put to sleep and woken again costs tens
+/// of microseconds, the time of many a quick task.
 const DIRECT_SPIN: Duration = Duration::from_micros(100);
 
 /// One chunk of work as it goes on the wire: its items are the concatenation of
 /// `items` (several batches may travel in one frame).
 pub(super) struct Frame<'a> {
+    /// Registered name of the task.
     pub(super) task: &'static str,
+    /// Input index of the frame's first item (that of its first batch).
     pub(super) first_index: usize,
+    /// Items in the frame, all batches together: the worker's `Done` must name
+    /// as many.
     pub(super) count: u32,
+    /// The payloads of the frame's batches, in order, written after the header as
+    /// they are: no copy into one buffer.
     pub(super) items: &'a [&'a [u8]],
     /// Sent by the caller's own thread, which waits for the answer (`apply`).
     pub(super) direct: bool,
 }
 
-/// One live worker process and the link to it.
+/// A driver's end of one live worker: the link to it, and what went over it.
+///
+/// The [`Worker`] itself is not here but in the engine's table,
+/// [`Engine::workers`], at `slot`, where `terminate` can kill it while the driver
+/// is blocked on the link; the connection takes it from there when it reaps it.
+/// Kept in [`Engine::links`]: held by its driver while work is in flight, else free
+/// for a direct call to borrow.
 #[derive(Debug)]
 pub(super) struct Connection {
+    /// The pool's end of the worker's link, from the launch.
     pub(super) link: Link,
+    /// The worker's [`Worker::pid`], named in errors and checked in the handshake.
     pub(super) pid: u32,
+    /// The driver's slot: where the worker is in [`Engine::workers`].
     pub(super) slot: usize,
     /// Items run by this worker, for `max_tasks_per_child`.
+    ///
+    /// Counted when a frame's answer arrives, a refusal included.
     pub(super) items_done: usize,
     /// Items sent to this worker (run or in flight).
+    ///
+    /// Counted once a frame is written; what the driver sends ahead is bounded by
+    /// `max_tasks_per_child` less this.
     pub(super) items_sent: usize,
+    /// The buffer every frame header is encoded into, reused from frame to frame.
     pub(super) header: Vec<u8>,
     /// Largest batch payload sent ahead to this worker while it is busy: the frames
     /// in flight must fit the link's buffer.
+    ///
+    /// [`ahead_frame`](super::driver::ahead_frame) of the sender's
+    /// [`capacity`](crate::transport::FrameSender::capacity), set at the start.
     pub(super) ahead_frame: usize,
     /// The id of the last frame written.
+    ///
+    /// What `run_direct` asks a dead worker about, to tell whether its call had
+    /// started.
     pub(super) last_sent: u64,
     /// The worker's resident memory passed the soft limit: replace it once idle.
+    ///
+    /// Set, and cleared, by [`check_memory`](Self::check_memory) after each reply.
     pub(super) over_memory: bool,
     /// The worker once reaped, kept to ask how far it got ([`Connection::started`]).
     dead: Option<Box<dyn Worker>>,
@@ -74,6 +138,29 @@ pub(super) struct Connection {
 impl Connection {
     /// Starts a worker for driver `slot`, completes the handshake and runs the
     /// initializer.
+    ///
+    /// The worker goes into [`Engine::workers`] as soon as the launch returns,
+    /// before anything can block, so that `terminate` can kill one stuck in its
+    /// handshake or initializer; one launched after `terminate` went through the
+    /// table is reaped here at once (see [`Engine::terminating`] for why one of the
+    /// two always sees the other). A worker that fails any step is reaped.
+    ///
+    /// The initializer is timed even without a task time limit (by the start-up
+    /// limit then): a worker stuck in it must not hold its driver forever.
+    ///
+    /// # Errors
+    ///
+    /// - whatever the launch failed with;
+    /// - [`Error::PoolClosed`] when the pool is terminating;
+    /// - [`Error::Startup`], naming the worker's exit and `procpool::init()`, for a
+    ///   worker that ended before its handshake (or while it ran the initializer:
+    ///   the message is the same), and for one that did not answer the handshake
+    ///   within the start-up limit;
+    /// - the protocol error of a handshake that is not procpool's, of another
+    ///   version or build, from another pid, or without the pool's secret;
+    /// - [`Error::InitializerFailed`] when the initializer failed, the protocol
+    ///   error of the refusal if the worker refused to run it, and
+    ///   [`Error::Timeout`] (naming the initializer) when it ran past its limit.
     pub(super) fn start(shared: &Engine, slot: usize) -> Result<Connection, Error> {
         let config = &shared.config;
         let (worker, link) = config.launch.launch(config)?;
@@ -120,6 +207,14 @@ impl Connection {
         }
     }
 
+    /// Waits up to `timeout` for the worker's `Hello`, and checks it against this
+    /// build, this worker's pid and the pool's secret ([`check_hello`]).
+    ///
+    /// # Errors
+    ///
+    /// [`LinkFailure::Closed`] if the worker ended first; [`LinkFailure::Broken`]
+    /// with an [`Error::Startup`] if it did not answer in time, or with a protocol
+    /// error if its first frame is not a good `Hello`.
     fn handshake(&mut self, timeout: Duration, shared_secret: u128) -> Result<(), LinkFailure> {
         let mut frame = Vec::new();
         match self
@@ -153,6 +248,16 @@ impl Connection {
     }
 
     /// Runs the pool's initializer, if any; a failure keeps the worker out of the pool.
+    ///
+    /// A frame of one item, timed by the task time limit or, without one, by the
+    /// start-up limit; its reply is checked for a failed item ([`first_failure`]).
+    ///
+    /// # Errors
+    ///
+    /// [`LinkFailure::Broken`] with [`Error::InitializerFailed`] when the task
+    /// failed (or its reply did not decode), with the refusal's protocol error if
+    /// the worker refused it; the failures of [`send`](Self::send) and
+    /// [`receive`](Self::receive) otherwise.
     fn initialize(&mut self, shared: &Engine) -> Result<(), LinkFailure> {
         let Some(init) = &shared.config.initializer else {
             return Ok(());
@@ -186,6 +291,14 @@ impl Connection {
 
     /// Sends one frame and waits for its answer. `Ok(Err(..))` is a batch the
     /// worker refused (it lives on).
+    ///
+    /// For a direct call: after the write, the calling thread watches the link for
+    /// [`DIRECT_SPIN`] before it blocks in [`receive`](Self::receive).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`send`](Self::send) and [`receive`](Self::receive); an error of the
+    /// watch, as one of the receiver.
     pub(super) fn exchange(
         &mut self,
         shared: &Engine,
@@ -198,6 +311,18 @@ impl Connection {
     }
 
     /// Writes one batch to the worker; returns its id.
+    ///
+    /// The frame is a `Run` header and the batches' payloads; its id is new, from
+    /// [`Engine::next_batch`]. The worker is asked to report each item's start when
+    /// the pool has a task time limit and the frame holds more than one item (a
+    /// single item starts with its frame). The items count as sent only once the
+    /// frame is written.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkFailure::Unsent`] on an I/O error (the worker is gone);
+    /// [`LinkFailure::Broken`] if the transport refused the frame (over the cap) or
+    /// the header did not encode.
     pub(super) fn send(&mut self, shared: &Engine, frame: &Frame<'_>) -> Result<u64, LinkFailure> {
         let id = shared.next_batch.fetch_add(1, Ordering::Relaxed);
         let msg = ToWorker::Run {
@@ -223,6 +348,10 @@ impl Connection {
 
     /// Waits for the answer to batch `id` of `count` items, timing each item if the
     /// pool has a task time limit.
+    ///
+    /// # Errors
+    ///
+    /// As [`receive_within`](Self::receive_within).
     pub(super) fn receive(
         &mut self,
         shared: &Engine,
@@ -233,6 +362,18 @@ impl Connection {
     }
 
     /// [`receive`](Self::receive) with an explicit limit per item.
+    ///
+    /// A `Started` report of this frame records the running item and restarts the
+    /// clock, so each item gets the whole limit. `Done` with this id and count is
+    /// the answer; `Refused` with this id is `Ok(Err(..))`. Either counts the
+    /// frame's items as done.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkFailure::Closed`] at the end of the stream; [`LinkFailure::TimedOut`]
+    /// when no frame came within the limit; [`LinkFailure::Broken`] for a frame
+    /// that does not decode or any other message (another frame's reply, another
+    /// count, a `Started` past the last item).
     fn receive_within(
         &mut self,
         id: u64,
@@ -272,6 +413,10 @@ impl Connection {
     }
 
     /// Stops the worker (politely unless the pool is terminating) and reaps it.
+    ///
+    /// Politely: a `Shutdown` frame, then up to 5 s for the worker to exit before
+    /// it is killed. If the pool is terminating or the frame cannot be written, it
+    /// is reaped as by [`reap`](Self::reap).
     pub(super) fn shutdown(mut self, shared: &Engine) {
         if !shared.is_terminating()
             && protocol::encode_header(&ToWorker::Shutdown, &mut self.header).is_ok()
@@ -301,6 +446,12 @@ impl Connection {
     /// Reaps a worker whose link failed. A frame cut short by a worker that was
     /// dying anyway (it exited, or someone else killed it) is that worker's death, not
     /// a protocol error, so its chunk may be retried.
+    ///
+    /// The two are told apart by whether the worker ends by itself within 100 ms of
+    /// the failure: a worker that dies mid-write leaves the receiver a frame cut
+    /// short, which the transport reports as a protocol error; a worker still alive
+    /// after the grace is taken to have sent garbage, and is killed. Only
+    /// [`Error::Protocol`] is reconsidered; other failures pass unchanged.
     pub(super) fn reap_failed(
         &mut self,
         shared: &Engine,
@@ -316,6 +467,9 @@ impl Connection {
 
     /// After a reply: notes whether the worker's resident memory is over `limit`
     /// bytes (a worker whose size cannot be read counts as under it).
+    ///
+    /// Asks [`Worker::resident_bytes`] through the table's lock; an unreadable size
+    /// leaves [`over_memory`](Self::over_memory) as it was.
     pub(super) fn check_memory(&mut self, shared: &Engine, limit: u64) {
         let resident = lock(&shared.workers[self.slot])
             .as_ref()
@@ -328,6 +482,9 @@ impl Connection {
     /// Once the worker is dead: how far it got in frame `id`. `Some(k)` if it had
     /// started the frame and was at its item `k`, `None` if it had not started it.
     /// Without a progress page, every frame counts as started, at item 0.
+    ///
+    /// Asked of the reaped worker ([`Worker::started`]); before the reap there is
+    /// nothing to ask, and the answer is the cautious `Some(0)` too.
     pub(super) fn started(&self, id: u64) -> Option<u32> {
         self.dead
             .as_ref()
@@ -335,6 +492,13 @@ impl Connection {
     }
 
     /// How the worker ended, and whether it did so by itself (not by our SIGKILL).
+    ///
+    /// Takes the worker out of the table, then polls [`Worker::try_exit`] with a
+    /// pause doubling from 50 µs to 5 ms, for up to `grace` and only while the pool
+    /// is not terminating; a worker still running is then killed and waited for.
+    /// No lock is held while it waits. The worker is kept as `dead` for
+    /// [`started`](Self::started). A worker already taken (reaped before) gives
+    /// `(Unknown, false)`.
     fn reap_status(&mut self, shared: &Engine, grace: Duration) -> (WorkerExit, bool) {
         let Some(mut worker) = lock(&shared.workers[self.slot]).take() else {
             return (WorkerExit::Unknown, false);
@@ -364,6 +528,9 @@ impl Connection {
 }
 
 /// What is wrong with a worker's handshake, if anything.
+///
+/// In order: procpool's magic, the protocol version, the build (the fingerprint
+/// of the task registry), the pid the launch gave, the pool's secret.
 fn check_hello(hello: &protocol::Hello, pid: u32, secret: u128) -> Option<String> {
     if hello.magic != MAGIC {
         Some("the worker did not speak procpool's protocol (bad magic)".to_owned())
@@ -393,6 +560,13 @@ fn check_hello(hello: &protocol::Hello, pid: u32, secret: u128) -> Option<String
 }
 
 /// The error of the first failed item of a reply, if any.
+///
+/// Used for the initializer's reply: the failure is named with item index 0.
+///
+/// # Errors
+///
+/// A protocol error for an item that does not decode, or whose status is neither
+/// success nor failure.
 fn first_failure(frame: &ResultFrame, task: &str, pid: u32) -> Result<Option<Error>, Error> {
     let mut items = protocol::Items::new(frame.items());
     while let Some(item) = items.next_item()? {

@@ -1,5 +1,13 @@
 //! The driver thread of one worker: batches from the queue to the worker and back,
 //! pipelining small quick batches, replacing the worker when it fails.
+//!
+//! [`drive`] is the thread's body: it starts the slot's first worker and then runs a
+//! [`Driver`], whose loop is four named steps (fill, await the front reply, handle a
+//! lost worker, recycle). What happens to the batches of a worker that died is
+//! decided by [`worker_lost`], with [`fates`].
+//!
+//! The send-ahead and grouping rules are tuned by the constants below; the design
+//! notes (`README.md` beside this file) explain them.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::Sender;
@@ -13,19 +21,37 @@ use crate::error::{Error, WorkerExit};
 
 /// Batches a driver keeps in flight on one worker, so the worker never waits for
 /// the pool between small batches.
+///
+/// Counted in frames, the one the worker runs included: while it runs one, up to
+/// three more wait in its link. 1 instead with a task time limit
+/// ([`Driver::depth`]).
 const PIPELINE_DEPTH: usize = 4;
 
 /// A worker that finished its last batch faster than this gets the next batches of
 /// the same task sent ahead.
+///
+/// Timed from the previous reply, or from the send when nothing was in flight
+/// ([`Driver::busy_since`]). A slower task gets one frame at a time: the round trip
+/// is small beside its run time, and a batch sent ahead would wait on this worker
+/// while another may be free.
 const SEND_AHEAD_BELOW: Duration = Duration::from_micros(500);
 
 /// Only frames up to this size are sent ahead: everything in flight must fit in the
 /// link's kernel buffer (64 KiB for a pipe), or pool and worker could both block
 /// writing to each other (see [`ahead_frame`]).
+///
+/// The bound that holds on a usual 64 KiB pipe, where a quarter of the buffer would
+/// allow 16 KiB.
 const PIPELINE_MAX_FRAME: usize = 12 * 1024;
 
 /// Largest payload a frame sent ahead may carry on a link holding `capacity` bytes:
 /// [`PIPELINE_DEPTH`] frames of it, with their headers, fit.
+///
+/// The smaller of a quarter of `capacity` and [`PIPELINE_MAX_FRAME`], less
+/// [`HEADER_ROOM`]: 11.5 KiB on a 64 KiB pipe, 0 (nothing sent ahead) on a link of
+/// 2 KiB or less. Kept per worker in [`Connection::ahead_frame`]. Only frames sent
+/// ahead need the bound: the first frame goes to an idle worker, which reads it
+/// whole before it writes anything.
 pub(super) fn ahead_frame(capacity: usize) -> usize {
     (capacity / PIPELINE_DEPTH)
         .min(PIPELINE_MAX_FRAME)
@@ -39,10 +65,23 @@ pub(super) fn ahead_frame(capacity: usize) -> usize {
 const GROUP_BUDGET: Duration = Duration::from_micros(200);
 
 /// …and holds at most this many items.
+///
+/// [`group_size`] clamps to it (a pace too quick to measure would otherwise give
+/// up to 200 000 items); a group's bytes are bounded apart, by
+/// [`Connection::ahead_frame`].
 const GROUP_MAX_ITEMS: usize = 4096;
 
 /// The body of driver thread `slot`. Reports the first worker's start-up through
 /// `started`, then serves the queue until the pool closes.
+///
+/// First the thread is made a driver of this pool: `DRIVER_OF` names the engine (so
+/// that a callback blocking on its own pool is refused), `SIGPIPE` is blocked (a write
+/// to a dead worker must be an error, not a signal that ends the program), and, for a
+/// pool built by a normally scheduled thread, it runs as `SCHED_BATCH`. If the first
+/// worker cannot start, the driver reports that, counts itself occupied and stops
+/// without serving. At the end the slot's worker is shut down (politely after `close`,
+/// killed after `terminate`), and the driver leaves the engine
+/// ([`Engine::driver_exit`]) with the error it stopped on, if any.
 pub(crate) fn drive(engine: Arc<Engine>, slot: usize, started: Sender<Result<u32, Error>>) {
     super::DRIVER_OF.with(|pool| pool.set(Arc::as_ptr(&engine) as usize));
     crate::sys::block_sigpipe();
@@ -73,10 +112,16 @@ pub(crate) fn drive(engine: Arc<Engine>, slot: usize, started: Sender<Result<u32
 /// How filling the pipeline ended.
 enum Filled {
     /// As far as it could: the pipeline is full, or nothing more may go now.
+    /// With nothing in flight, the pool is closed and its queue empty, or it
+    /// terminates: the driver stops.
     Done,
     /// A frame could not be written: the worker is gone. `unsent` is that frame.
     Lost {
+        /// The batches of the frame that could not be written, for
+        /// [`worker_lost`] to settle with those in flight.
         unsent: Vec<Batch>,
+        /// How the write failed: [`LinkFailure::Unsent`], or
+        /// [`LinkFailure::Broken`] if the transport refused the frame.
         failure: LinkFailure,
     },
 }
@@ -88,15 +133,24 @@ enum Filled {
 /// oldest frame in flight, [`on_lost`](Self::on_lost) when the worker failed, and
 /// [`recycle`](Self::recycle) a worker that reached its limits. The engine's notes
 /// (`README.md` beside this file) explain the rules each step follows.
+///
+/// Invariants between the steps: a frame in flight means the link is held and
+/// holds a live connection, and the driver counts as occupied; the link is let go
+/// only in `fill`, when nothing is in flight and the driver is about to wait for
+/// work.
 pub(super) struct Driver<'e> {
+    /// The pool's shared state.
     engine: &'e Engine,
+    /// This driver's index in [`Engine::workers`] and [`Engine::links`].
     slot: usize,
     /// Frames kept in flight at most: 1 with a task time limit (each item is timed
     /// alone), else [`PIPELINE_DEPTH`].
     depth: usize,
-    /// Items a worker runs before it is replaced (`max_tasks_per_child`).
+    /// Items a worker runs before it is replaced (`max_tasks_per_child`);
+    /// `usize::MAX` without that option.
     max_items: usize,
     /// Frames in flight, oldest first: the batches each carries, and its id.
+    /// Only the front one can have been started by the worker.
     in_flight: VecDeque<(Vec<Batch>, u64)>,
     /// This driver counts as busy in the engine (see [`Engine::set_occupied`]).
     occupied: bool,
@@ -104,12 +158,19 @@ pub(super) struct Driver<'e> {
     /// long tasks the round trip does not matter, and a batch queued behind a long
     /// one on this worker could have run at once on another.
     quick: Option<&'static str>,
-    /// Items per frame for that task (see [`group_size`]).
+    /// Items per frame for that task (see [`group_size`]). 1, no grouping, at first
+    /// and again once the worker is lost or refuses a group.
     group_items: usize,
     /// Since when the frame now at the front has been there.
+    ///
+    /// Set when a frame goes to an idle worker and at every reply, so the time to
+    /// the next reply is what the worker took for that frame.
     busy_since: Instant,
     /// The connection, held while work is in flight and released while the driver
     /// waits for work (then a direct call may borrow it).
+    ///
+    /// A held guard with `None` inside: the worker is gone, and
+    /// [`connection`](Self::connection) starts the next.
     link: Option<MutexGuard<'e, Option<Connection>>>,
 }
 
@@ -137,6 +198,13 @@ impl<'e> Driver<'e> {
 
     /// Serves the queue until the pool closes (`None`) or no worker can be started
     /// for this slot any more (the error).
+    ///
+    /// Each turn fills the pipeline, waits for the front reply, then recycles the
+    /// worker if it is spent. A failed write (in `fill`) or read (in `await_front`)
+    /// goes to `on_lost`, which replaces the worker, and the turn starts over. When
+    /// the pool terminates the loop stops at once: frames still in flight are
+    /// dropped with the driver, and their batches tell their sinks `PoolClosed`. A
+    /// stopping driver counts as occupied, so no batch is left queued for it.
     pub(super) fn run(mut self) -> Option<Error> {
         let stop = loop {
             match self.fill() {
@@ -174,6 +242,12 @@ impl<'e> Driver<'e> {
 
     /// The connection, holding the link and starting a new worker if the last one
     /// is gone (it died, or a direct call lost it).
+    ///
+    /// Taking the link waits while a direct call has borrowed it.
+    ///
+    /// # Errors
+    ///
+    /// The error of [`Connection::start`]: no worker could be started.
     fn connection(&mut self) -> Result<&mut Connection, Error> {
         let (engine, slot) = (self.engine, self.slot);
         let held = self.link.get_or_insert_with(|| lock(&engine.links[slot]));
@@ -187,6 +261,24 @@ impl<'e> Driver<'e> {
     /// nothing is in flight, else takes only batches of the quick task that fit the
     /// link's buffer (grouping small ones). Fails the batches of a frame over the cap
     /// (the worker lives). `Err` when no worker could be started.
+    ///
+    /// With nothing in flight it lets go of the link and waits in [`Engine::next`].
+    /// Otherwise it sends ahead only batches of the task the last reply found
+    /// quick, while the worker's allowance is not spent (the items it may still
+    /// take before `max_tasks_per_child`; none once it is over
+    /// `max_memory_per_child`), and only one that fits [`Connection::ahead_frame`]
+    /// ([`Engine::try_next`]).
+    ///
+    /// A frame's first batch takes more batches of its task into a group
+    /// ([`Engine::take_more`]) when the pool has no time limit, the last reply
+    /// found this task quick and gave a group size over 1, and the batch is not
+    /// [`solo`](Batch::solo) and fits `ahead_frame` itself: up to `group_items`
+    /// items and the allowance, within `ahead_frame` bytes and the frame cap.
+    ///
+    /// # Errors
+    ///
+    /// No worker could be started for the slot; the batch taken goes back to the
+    /// head of the queue.
     fn fill(&mut self) -> Result<Filled, Error> {
         let engine = self.engine;
         while self.in_flight.len() < self.depth {
@@ -280,6 +372,19 @@ impl<'e> Driver<'e> {
     /// Waits for the reply to the oldest frame in flight and hands each of its
     /// batches its part; learns from the time it took whether to send ahead and how
     /// many items to group. `Err` when the worker failed (the frame stays in flight).
+    ///
+    /// A reply of the front frame's task within [`SEND_AHEAD_BELOW`] makes that
+    /// task `quick`; its pace sets `group_items` ([`group_size`]). With
+    /// `max_memory_per_child`, the worker's size is read after each reply. A refusal
+    /// of a group of several batches is taken as results over the frame cap: the
+    /// batches go back to the queue one a frame ([`requeue_solo`]), and send-ahead
+    /// and grouping start over. A refused single batch gets the refusal as its
+    /// error.
+    ///
+    /// # Errors
+    ///
+    /// How the link failed; the frame is back at the front of `in_flight`, for
+    /// [`on_lost`](Self::on_lost) to settle.
     fn await_front(&mut self) -> Result<(), LinkFailure> {
         let engine = self.engine;
         let Some((group, id)) = self.in_flight.pop_front() else {
@@ -328,6 +433,15 @@ impl<'e> Driver<'e> {
     /// The worker failed: settles each batch it held (see [`worker_lost`]) and
     /// starts its replacement. `Ok(false)` when the pool is terminating (stop),
     /// `Err` when no replacement could be started.
+    ///
+    /// `unsent` is the frame whose write failed (from `fill`); `None` when the read
+    /// failed (from `await_front`). Afterwards nothing is in flight: the driver is
+    /// available, and send-ahead and grouping start over for the new worker, which
+    /// is started now rather than with the next batch.
+    ///
+    /// # Errors
+    ///
+    /// The replacement could not be started ([`Connection::start`]).
     fn on_lost(&mut self, unsent: Option<Vec<Batch>>, failure: LinkFailure) -> Result<bool, Error> {
         let engine = self.engine;
         if let Some(conn) = self.link.as_mut().and_then(|l| l.as_mut()) {
@@ -351,6 +465,13 @@ impl<'e> Driver<'e> {
 
     /// Replaces a worker that reached `max_tasks_per_child` or passed
     /// `max_memory_per_child`, once nothing is in flight on it.
+    ///
+    /// The old worker is shut down politely ([`Connection::shutdown`]: up to 5 s to
+    /// exit) and the new one started at once, both under the held link.
+    ///
+    /// # Errors
+    ///
+    /// The new worker could not be started ([`Connection::start`]).
     fn recycle(&mut self) -> Result<(), Error> {
         let engine = self.engine;
         let spent = self
@@ -370,6 +491,9 @@ impl<'e> Driver<'e> {
 
 /// Items per frame for a task whose last frame of `count` items took `took`: as many
 /// as fit the group budget at that pace.
+///
+/// At least 1 (slow items are not grouped), at most [`GROUP_MAX_ITEMS`]; 100 items
+/// in 100 µs give 200.
 fn group_size(took: Duration, count: u32) -> usize {
     let per_item = took.as_nanos() / u128::from(count.max(1));
     let fit = GROUP_BUDGET.as_nanos() / per_item.max(1);
@@ -379,6 +503,9 @@ fn group_size(took: Duration, count: u32) -> usize {
 }
 
 /// Hands each batch of a frame its part of the reply.
+///
+/// A single batch gets the outcome whole; a group's reply is shared out by item
+/// count ([`ResultFrame::share_out`]), and an error goes to each of its batches.
 fn complete(mut group: Vec<Batch>, pid: u32, outcome: Result<ResultFrame, Error>) {
     if group.len() == 1 {
         if let Some(batch) = group.pop() {
@@ -402,11 +529,15 @@ fn complete(mut group: Vec<Batch>, pid: u32, outcome: Result<ResultFrame, Error>
 const MAX_RESTARTS: u32 = 3;
 
 /// What a dead worker had done with one of the batches it held.
+///
+/// Decided for the batches of the front frame only, by [`fates`]; every batch of a
+/// frame behind it is unstarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
     /// Its items had all run; their results died with the worker.
     Finished,
     /// It was running: item `index` of the input was.
+    /// It gets the failure, or a retry.
     Running { index: usize },
     /// The worker never started it.
     Unstarted,
@@ -414,6 +545,12 @@ enum Fate {
 
 /// The fates of the batches of one frame of `counts` items each, for a worker that
 /// was at item `at` of the frame (`None`: had not started the frame).
+///
+/// `counts` gives each batch's first index and item count, in the frame's order.
+/// A batch is [`Finished`](Fate::Finished) if `at` is past its last item (a batch
+/// of no items never is), else [`Running`](Fate::Running) if `at` is at or past its
+/// first item, else [`Unstarted`](Fate::Unstarted); with `at` `None`, all are
+/// unstarted.
 fn fates(counts: impl IntoIterator<Item = (usize, u32)>, at: Option<u32>) -> Vec<Fate> {
     let mut offset = 0u32;
     counts
@@ -444,11 +581,20 @@ fn fates(counts: impl IntoIterator<Item = (usize, u32)>, at: Option<u32>) -> Vec
 ///   which item: that batch gets the failure (or a retry, if it died with the
 ///   worker); the batches before it finished, but their results are lost with the
 ///   worker: with retries on they run again, without using one, else they fail. A
-///   front frame
-///   the worker had not started goes back to the queue, at most [`MAX_RESTARTS`]
-///   times.
+///   front frame the worker had not started goes back to the queue, at most
+///   [`MAX_RESTARTS`] times.
 ///
 /// The running batch's error is delivered first, so a `map` reports it.
+///
+/// Where the worker was in the front frame: for a time-out, the item it last
+/// reported starting; for a protocol error (one that
+/// [`reap_failed`](Connection::reap_failed) did not find to be a death), the frame's
+/// first item, so the first batch is charged; otherwise what the dead worker tells
+/// ([`Connection::started`]). The unsent frame, with nothing in flight before it,
+/// counts as not started. A batch put back as not started at the head of the line
+/// counts one restart; one that has used [`MAX_RESTARTS`] makes the frame count as
+/// started at item 0 instead. Only a death (`Closed`) is retried, and not while the
+/// pool terminates; a batch that is not retried gets [`failure_error`].
 fn worker_lost(
     shared: &Engine,
     conn: &mut Connection,
@@ -542,6 +688,9 @@ fn worker_lost(
 /// Hands each batch of a frame its part of the reply, or, for a group the worker
 /// refused (its results are over the cap, so it could not answer in one frame),
 /// sends each batch again in a frame of its own.
+///
+/// For the replies read after a failed write, in [`worker_lost`]; `await_front`
+/// makes the same choice itself.
 fn answered(engine: &Engine, group: Vec<Batch>, pid: u32, outcome: Result<ResultFrame, Error>) {
     if group.len() > 1 && outcome.is_err() {
         requeue_solo(engine, group);
@@ -552,6 +701,9 @@ fn answered(engine: &Engine, group: Vec<Batch>, pid: u32, outcome: Result<Result
 
 /// Puts the batches of a group the worker refused back in the queue, each to go in
 /// a frame of its own.
+///
+/// At the head of the queue, in order; marked [`solo`](Batch::solo), so that
+/// [`Engine::take_more`] never groups them again. No retry or restart is used.
 fn requeue_solo(engine: &Engine, group: Vec<Batch>) {
     let solo = group
         .into_iter()
@@ -566,6 +718,11 @@ fn requeue_solo(engine: &Engine, group: Vec<Batch>) {
 /// The error a batch of `task` gets when its worker failed while running item
 /// `index` of the input (for a time-out, the item of the batch's first index plus
 /// the items done).
+///
+/// [`Error::PoolClosed`] while the pool terminates (the kill was the pool's own);
+/// else a death ([`LinkFailure::Closed`] or [`LinkFailure::Unsent`]) is
+/// [`Error::WorkerDied`] with the worker's exit, a time-out is [`Error::Timeout`]
+/// with the pool's limit, and a protocol failure is its own error.
 pub(super) fn failure_error(
     shared: &Engine,
     task: &str,

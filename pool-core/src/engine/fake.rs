@@ -3,6 +3,8 @@
 //! link, with a real progress page. A worker "dies" when its link is cut: by the
 //! test ([`ThreadLaunch::kill_newest`]) or by the task [`die`] at item 7, which cuts
 //! it and then never returns, as a process killed in the middle of an item.
+//!
+//! The handshake checks the worker's pid, so every fake worker names this process.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,6 +48,8 @@ pub(super) fn die(n: u32) -> u32 {
     }
 }
 
+/// The registry entry of [`square`], as `#[pool_task]` would make it: the fake
+/// workers serve from this test binary's registry.
 #[allow(unsafe_code)] // linkme places the entries with #[link_section]
 #[linkme::distributed_slice(TASKS)]
 static SQUARE: TaskEntry = TaskEntry::new(
@@ -54,6 +58,7 @@ static SQUARE: TaskEntry = TaskEntry::new(
     |batch| crate::worker::batch::run_batch::<(u32,), _>(square, batch),
 );
 
+/// The registry entry of [`die`], as [`SQUARE`]'s.
 #[allow(unsafe_code)] // as above
 #[linkme::distributed_slice(TASKS)]
 static DIE: TaskEntry = TaskEntry::new(
@@ -64,11 +69,15 @@ static DIE: TaskEntry = TaskEntry::new(
 
 /// Frames out, until the link is cut.
 struct MemSender {
+    /// To the other end's [`MemReceiver`].
     tx: mpsc::Sender<Vec<u8>>,
+    /// The link's switch, shared by both ends and the [`ThreadWorker`].
     cut: Arc<AtomicBool>,
 }
 
 impl FrameSender for MemSender {
+    /// Fails as a write to a dead process's pipe would (an I/O error,
+    /// `BrokenPipe`) once the link is cut or the other end is gone.
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), Error> {
         let gone = || Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
         if self.cut.load(Ordering::SeqCst) {
@@ -80,11 +89,16 @@ impl FrameSender for MemSender {
 
 /// Frames in: what was sent before the cut still arrives, then the end.
 struct MemReceiver {
+    /// From the other end's [`MemSender`].
     rx: mpsc::Receiver<Vec<u8>>,
+    /// The link's switch, as [`MemSender::cut`].
     cut: Arc<AtomicBool>,
 }
 
 impl FrameReceiver for MemReceiver {
+    /// Frames already in the channel come first; then, once the link is cut or the
+    /// sender gone, [`Received::Closed`]. Waits in steps of 2 ms, so that a cut and
+    /// the deadline are noticed while it waits.
     fn recv(&mut self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> Result<Received, Error> {
         loop {
             match self.rx.try_recv() {
@@ -116,8 +130,12 @@ impl FrameReceiver for MemReceiver {
 /// A fake worker: a thread serving over an in-memory link.
 #[derive(Debug)]
 struct ThreadWorker {
+    /// The link's switch: [`kill`](Worker::kill) sets it.
     cut: Arc<AtomicBool>,
+    /// The serving thread; `None` once joined.
     thread: Option<JoinHandle<()>>,
+    /// The pool's mapping of the progress page the thread's [`Server`] notes its
+    /// frames in.
     page: ProgressPage,
 }
 
@@ -127,10 +145,13 @@ impl Worker for ThreadWorker {
         std::process::id()
     }
 
+    /// Cuts the link, as `SIGKILL` ends a process: the serve loop sees the end and
+    /// returns; a thread in [`die`] stays parked.
     fn kill(&mut self) {
         self.cut.store(true, Ordering::SeqCst);
     }
 
+    /// Ended once the serving thread has returned.
     fn try_exit(&mut self) -> Option<WorkerExit> {
         let done = self.thread.as_ref().is_none_or(JoinHandle::is_finished);
         done.then(|| self.exit())
@@ -147,6 +168,7 @@ impl Worker for ThreadWorker {
         self.exit()
     }
 
+    /// From the real progress page, as a `LocalWorker` reads it.
     fn started(&self, id: u64) -> Option<u32> {
         let (frame, item) = self.page.last_started();
         (frame == id).then_some(item)
@@ -154,6 +176,9 @@ impl Worker for ThreadWorker {
 }
 
 impl ThreadWorker {
+    /// How the fake worker ended: `Signal(9)` if its link was cut (by the test, the
+    /// pool or [`die`]), else `Code(0)` (it stopped on `Shutdown`, or at the end of
+    /// its link).
     fn exit(&self) -> WorkerExit {
         if self.cut.load(Ordering::SeqCst) {
             WorkerExit::Signal(9)
@@ -167,7 +192,9 @@ impl ThreadWorker {
 /// them.
 #[derive(Debug, Default)]
 pub(super) struct ThreadLaunch {
+    /// Workers started so far.
     launched: AtomicUsize,
+    /// The switch of every worker started, oldest first.
     cuts: Mutex<Vec<Arc<AtomicBool>>>,
 }
 
@@ -186,6 +213,13 @@ impl ThreadLaunch {
 }
 
 impl Launch for ThreadLaunch {
+    /// Two channels make the link. The worker's end goes to a new thread running
+    /// the real [`Server`] with the pool's secret and a second mapping of a new
+    /// progress page; the pool's end comes back with the [`ThreadWorker`].
+    ///
+    /// # Errors
+    ///
+    /// The progress page could not be made.
     fn launch(&self, config: &Config) -> Result<(Box<dyn Worker>, Link), Error> {
         let cut = Arc::new(AtomicBool::new(false));
         let (to_worker, from_pool) = mpsc::channel();

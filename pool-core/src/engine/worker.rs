@@ -21,15 +21,26 @@ use crate::wire::marker::{MARKER_ENV, Marker};
 
 /// One worker as the engine sees it: an id to report, a way to end it and to learn
 /// how it ended, and what it can tell about its last frame and its size.
+///
+/// The engine keeps it in its table of workers, behind a mutex: `terminate` calls
+/// [`kill`](Self::kill) from its own thread while the driver is blocked on the
+/// link, and the connection takes it out of the table to reap it.
 pub(crate) trait Worker: Send + fmt::Debug {
     /// The process id (or rank) named in errors and by `Pool::pids`.
+    ///
+    /// Must be the pid the worker's handshake names: the link is refused otherwise.
     fn pid(&self) -> u32;
 
     /// Ends the worker at once (`terminate`, a time limit, a broken protocol). Safe
     /// to call on a worker that has already exited.
+    ///
+    /// `terminate` calls it for each worker in turn, under the table's lock: it
+    /// should not wait for the worker to end.
     fn kill(&mut self);
 
     /// How the worker ended, if it has; never waits.
+    ///
+    /// Polled while a reaper gives the worker its grace to exit by itself.
     fn try_exit(&mut self) -> Option<WorkerExit>;
 
     /// Waits until the worker, killed or exiting, has ended; how it ended.
@@ -39,18 +50,25 @@ pub(crate) trait Worker: Send + fmt::Debug {
     /// the frame and was at its item `k`, `None` if it had not started it. A worker
     /// that cannot tell says it had started, at item 0 (the cautious answer: its
     /// batch is failed or retried, never run twice without a retry).
+    ///
+    /// Asked only once the worker has ended, when the answer can no longer change.
     fn started(&self, id: u64) -> Option<u32> {
         let _ = id;
         Some(0)
     }
 
     /// Its resident memory in bytes, if it can be read (`max_memory_per_child`).
+    ///
+    /// Read after every reply while the pool has that limit: it should be cheap.
     fn resident_bytes(&self) -> Option<u64> {
         None
     }
 }
 
 /// Starts workers for a pool.
+///
+/// One per pool, shared by its drivers (hence `Sync`), and called on a driver's
+/// thread whenever its slot needs a worker: at start-up, after a death, to recycle.
 pub(crate) trait Launch: Send + Sync + fmt::Debug {
     /// Starts one worker for a pool configured by `config`: its handle and the
     /// pool's end of its link. The handshake is the engine's.
@@ -72,6 +90,9 @@ impl Launch for LocalLaunch {
     /// marker, stdin from `/dev/null`, the hook that runs between `fork` and `exec`:
     /// see [`sys::prepare_worker`]), makes the progress page, and hands the command
     /// to the transport, which adds its link and spawns it.
+    ///
+    /// `statm` is opened only when the pool has a soft memory limit. Without a
+    /// progress page (it could not be made), a dead worker's frame counts as started.
     fn launch(&self, config: &Config) -> Result<(Box<dyn Worker>, Link), Error> {
         let mut command = Command::new("/proc/self/exe");
         let mut args = std::env::args_os();
@@ -114,6 +135,8 @@ impl Launch for LocalLaunch {
 /// A worker that is a child process of this program.
 #[derive(Debug)]
 pub(crate) struct LocalWorker {
+    /// The child process: [`kill`](Worker::kill) sends it `SIGKILL`,
+    /// [`try_exit`](Worker::try_exit) and [`wait`](Worker::wait) reap it.
     child: Child,
     /// Where the worker notes the frame and item it runs (`None` if it could not be
     /// made).
@@ -127,10 +150,12 @@ impl Worker for LocalWorker {
         self.child.id()
     }
 
+    /// `SIGKILL`; an error (the child was already reaped) is ignored.
     fn kill(&mut self) {
         let _ = self.child.kill();
     }
 
+    /// A `waitpid` that fails counts as an end, [`WorkerExit::Unknown`].
     fn try_exit(&mut self) -> Option<WorkerExit> {
         match self.child.try_wait() {
             Ok(status) => status.map(WorkerExit::from),
@@ -138,12 +163,15 @@ impl Worker for LocalWorker {
         }
     }
 
+    /// As [`try_exit`](Worker::try_exit), blocking.
     fn wait(&mut self) -> WorkerExit {
         self.child
             .wait()
             .map_or(WorkerExit::Unknown, WorkerExit::from)
     }
 
+    /// From the progress page: the item noted if the page names frame `id`, else
+    /// `None` (the worker had not begun it); `Some(0)` without a page.
     fn started(&self, id: u64) -> Option<u32> {
         let Some(page) = &self.progress else {
             return Some(0);
