@@ -656,11 +656,14 @@ impl Engine {
     ///
     /// Also used for the batches of a group the worker refused, and for a batch
     /// whose driver could not start a worker. While the pool terminates they get
-    /// [`Error::PoolClosed`] instead. Wakes one sleeping driver, if any sleeps.
+    /// [`Error::PoolClosed`] instead. Wakes a sleeping driver for one batch, every
+    /// sleeping driver for several (the frames a dead worker had been sent ahead can
+    /// run on the idle workers at once), none if none sleeps.
     fn requeue(&self, batches: Vec<Batch>) {
         if batches.is_empty() {
             return;
         }
+        let several = batches.len() > 1;
         let mut state = lock(&self.state);
         if self.is_terminating() {
             drop(state);
@@ -674,8 +677,10 @@ impl Engine {
         }
         let waiting = state.waiting;
         drop(state);
-        if waiting > 0 {
-            self.work.notify_one();
+        match (waiting, several) {
+            (0, _) => {}
+            (_, false) => self.work.notify_one(),
+            (_, true) => self.work.notify_all(),
         }
     }
 
