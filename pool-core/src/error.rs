@@ -288,6 +288,19 @@ pub(crate) fn fewer_items(count: usize) -> Error {
     ))
 }
 
+/// The message of a panic's `payload`: the `&str` or `String` that `panic!` makes,
+/// or a placeholder for any other payload. Used for a task's panic (worker side) and
+/// for a panic of an `imap` input (caller side).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

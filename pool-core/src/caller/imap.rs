@@ -593,13 +593,7 @@ impl<R> Drop for Feeder<R> {
 /// The error that ends a stream whose input panicked with `payload`.
 #[cold]
 fn input_panicked(payload: Box<dyn Any + Send>) -> Error {
-    let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
-    };
+    let message = crate::error::panic_message(payload.as_ref());
     // A payload whose destructor panics would otherwise end the feeder unheard.
     drop(panic::catch_unwind(AssertUnwindSafe(move || drop(payload))));
     Error::InvalidArgument(format!("the input iterator of imap panicked: {message}"))

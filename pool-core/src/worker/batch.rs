@@ -177,13 +177,7 @@ where
 /// is a `&str` or a `String` (what `panic!` makes), and the location the hook noted.
 #[cold]
 fn panic_failure(payload: Box<dyn std::any::Any + Send>) -> ItemFailure {
-    let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
-    };
+    let message = crate::error::panic_message(payload.as_ref());
     let location = PANIC_LOCATION.with(|slot| slot.borrow_mut().take());
     // Drop the payload with the hook still telling panics apart: a payload whose
     // destructor panics would otherwise abort.
