@@ -133,12 +133,14 @@ fn a_callback_blocking_on_its_own_pool_gets_an_error_not_a_deadlock() {
         let apply = inner.apply(square, (3u64,));
         let map = inner.map(square, [1u64, 2]);
         let queued = inner.apply_async(nap, (50u64,)).map(|h| h.get());
+        let streamed = inner.imap(square, 0..3u64).map(|_| ());
         let elsewhere = other_in.map(square, [4u64]);
-        let _ = tx.send((apply, map, queued, elsewhere));
+        let _ = tx.send((apply, map, queued, streamed, elsewhere));
     });
     let first = pool.apply_async_with(square, (2u64,), callbacks).unwrap();
     // A liveness bound: before the fix, the callback never returned.
-    let (apply, map, queued, elsewhere) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let (apply, map, queued, streamed, elsewhere) =
+        rx.recv_timeout(Duration::from_secs(60)).unwrap();
     assert!(
         matches!(apply, Err(Error::InvalidArgument(ref m)) if m.contains("callback")),
         "{apply:?}"
@@ -151,4 +153,18 @@ fn a_callback_blocking_on_its_own_pool_gets_an_error_not_a_deadlock() {
     assert_eq!(elsewhere.unwrap(), [16], "another pool serves a callback");
     assert_eq!(first.get().unwrap(), 4);
     assert_eq!(pool.apply(square, (5u64,)).unwrap(), 25, "the pool goes on");
+}
+
+#[test]
+fn a_map_under_a_small_frame_cap_cuts_its_chunks_to_fit() {
+    // 200 000 items in default chunks of 25 000 (about 125 KiB each): over a cap of
+    // 64 KiB, where pieces of the usual 128 KiB would be refused.
+    let pool = Pool::builder()
+        .processes(2)
+        .max_frame_size(64 * 1024)
+        .build()
+        .unwrap();
+    let out = pool.map(square, 0..200_000u64).unwrap();
+    assert_eq!(out.len(), 200_000);
+    assert_eq!(out[199_999], 199_999 * 199_999);
 }

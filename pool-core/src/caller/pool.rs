@@ -1009,6 +1009,9 @@ impl Pool {
         };
         let mut first = 0;
         let mut last_len = 0; // bytes of the previous piece: the next one is sized alike
+        // Under a small frame cap, pieces stay well within it (an item may carry a
+        // piece past its bound).
+        let piece_bytes = PIECE_BYTES.min(self.max_chunk() / 2).max(1);
         while first < total {
             let end = first + chunk.min(total - first);
             // A chunk goes out in pieces of about `PIECE_BYTES`: workers start on the
@@ -1017,7 +1020,7 @@ impl Pool {
             while first < end {
                 let mut buf = Vec::with_capacity(last_len.max((end - first).min(1 << 16) * 2) + 16);
                 let mut index = first;
-                while index < end && buf.len() < PIECE_BYTES {
+                while index < end && buf.len() < piece_bytes {
                     let item = items.next().ok_or_else(|| {
                         abandon(Error::InvalidArgument(format!(
                             "the input promised {total} items (exact size_hint) but ended after {index}"
@@ -1062,6 +1065,8 @@ impl Pool {
         A: Serialize + 'static,
         I: StreamInputs<A>,
     {
+        // Its stream's `next` waits for the pool: refused from the pool's own driver.
+        self.shared.may_block_here()?;
         let entry = entry_of::<F>()?;
         let chunksize = check_chunksize(Some(chunksize))?.unwrap_or(1);
         if self.shared.is_closed() {

@@ -50,7 +50,7 @@ type ProgressFn = Box<dyn FnMut(Progress) + Send>;
 /// They run on one of the pool's threads, before the [`AsyncResult`] becomes ready,
 /// with no lock held: they may call the pool, even terminate it. Keep them short —
 /// the thread that runs them is a worker's driver. A blocking call of the same pool
-/// (`map`, `apply`, `starmap`, `AsyncResult::get` of a call not done yet) is refused
+/// (`map`, `apply`, `starmap`, `imap`, `AsyncResult::get` of a call not done yet) is refused
 /// there with [`Error::InvalidArgument`] instead of deadlocking; its `*_async`
 /// methods work, and so does any other pool. (`wait` on an `AsyncResult` of the
 /// same pool cannot fail and would wait: don't.) A callback that panics is contained: the pool goes on.
