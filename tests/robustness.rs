@@ -150,6 +150,10 @@ fn a_callback_blocking_on_its_own_pool_gets_an_error_not_a_deadlock() {
         matches!(queued, Ok(Err(Error::InvalidArgument(_)))),
         "{queued:?}"
     );
+    assert!(
+        matches!(streamed, Err(Error::InvalidArgument(_))),
+        "{streamed:?}"
+    );
     assert_eq!(elsewhere.unwrap(), [16], "another pool serves a callback");
     assert_eq!(first.get().unwrap(), 4);
     assert_eq!(pool.apply(square, (5u64,)).unwrap(), 25, "the pool goes on");
