@@ -172,3 +172,32 @@ fn a_map_under_a_small_frame_cap_cuts_its_chunks_to_fit() {
     assert_eq!(out.len(), 200_000);
     assert_eq!(out[199_999], 199_999 * 199_999);
 }
+
+/// An initializer that ends its worker.
+#[pool_task]
+fn exit_in_init(code: i32) {
+    std::process::exit(code);
+}
+
+#[test]
+fn a_worker_that_dies_in_its_initializer_is_an_initializer_failure() {
+    let err = Pool::builder()
+        .processes(1)
+        .initializer(exit_in_init, (3i32,))
+        .build()
+        .unwrap_err();
+    match &err {
+        Error::InitializerFailed { source, .. } => assert!(
+            matches!(
+                **source,
+                Error::WorkerDied {
+                    exit: procpool::WorkerExit::Code(3),
+                    ..
+                }
+            ),
+            "{err:?}"
+        ),
+        other => panic!("expected InitializerFailed, got {other:?}"),
+    }
+    assert!(!err.to_string().contains("before the handshake"), "{err}");
+}

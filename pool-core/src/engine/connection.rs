@@ -183,25 +183,42 @@ impl Connection {
             conn.reap(shared);
             return Err(Error::PoolClosed);
         }
+        let mut greeted = false;
         let ready = conn
             .handshake(config.link.startup_timeout, config.secret)
-            .and_then(|()| conn.initialize(shared));
+            .and_then(|()| {
+                greeted = true;
+                conn.initialize(shared)
+            });
         match ready {
             Ok(()) => Ok(conn),
             Err(failure) => {
                 let exit = conn.reap(shared);
-                Err(match failure {
-                    LinkFailure::Closed | LinkFailure::Unsent => Error::Startup(format!(
+                Err(match (failure, &config.initializer) {
+                    // It answered the handshake, then died in the initializer.
+                    (LinkFailure::Closed | LinkFailure::Unsent, Some(init)) if greeted => {
+                        Error::InitializerFailed {
+                            task: init.task.to_owned(),
+                            pid,
+                            source: Box::new(Error::WorkerDied {
+                                task: init.task.to_owned(),
+                                pid,
+                                exit,
+                                index: 0,
+                            }),
+                        }
+                    }
+                    (LinkFailure::Closed | LinkFailure::Unsent, _) => Error::Startup(format!(
                         "worker {pid} {exit} before the handshake: make procpool::init() the first \
                          line of main (or use #[procpool::main] / procpool::test_support!())"
                     )),
-                    LinkFailure::TimedOut { .. } => Error::Timeout {
+                    (LinkFailure::TimedOut { .. }, _) => Error::Timeout {
                         task: config.initializer.as_ref().map(|i| i.task.to_owned()),
                         index: None,
                         pid: Some(pid),
                         after: config.task_timeout.unwrap_or(config.link.startup_timeout),
                     },
-                    LinkFailure::Broken(e) => e,
+                    (LinkFailure::Broken(e), _) => e,
                 })
             }
         }
