@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::connection::{Connection, Frame, LinkFailure};
 use super::{Batch, Engine, HEADER_ROOM, ResultFrame, lock};
-use crate::error::chunk_too_large;
-use crate::error::{Error, WorkerExit};
+use crate::error::{Error, WorkerExit, chunk_too_large};
 
 /// Batches a driver keeps in flight on one worker, so the worker never waits for
 /// the pool between small batches.
@@ -621,13 +620,12 @@ fn worker_lost(
     }
     let mut requeued = Vec::new();
     let mut finished = Vec::new();
-    let mut front = true;
-    let frames = in_flight.drain(..).map(|(g, id)| (g, Some(id)));
-    for (group, id) in frames.chain(unsent.map(|g| (g, None))) {
-        if !std::mem::take(&mut front) {
-            requeued.extend(group);
-            continue;
-        }
+    let mut frames = in_flight
+        .drain(..)
+        .map(|(g, id)| (g, Some(id)))
+        .chain(unsent.map(|g| (g, None)));
+    // Only the front frame can have started; the others go back as they are.
+    if let Some((group, id)) = frames.next() {
         let at = match (&failure, id) {
             (LinkFailure::TimedOut { done }, _) => Some(*done),
             (LinkFailure::Broken(_), _) => Some(0),
@@ -671,6 +669,7 @@ fn worker_lost(
             }
         }
     }
+    requeued.extend(frames.flat_map(|(group, _)| group));
     for batch in finished {
         let error = failure_error(
             shared,

@@ -171,7 +171,7 @@ impl Call {
     /// `AsyncResult::get` refuses to wait there: the result may need that very
     /// driver, which would be waiting for itself.
     pub(crate) fn on_own_driver(&self) -> bool {
-        self.pool != 0 && DRIVER_OF.with(std::cell::Cell::get) == self.pool
+        on_driver_of(self.pool)
     }
 
     /// Cancels the call's batches still queued (see [`Call::cancelled`]); calling
@@ -453,11 +453,17 @@ thread_local! {
     static DRIVER_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// Whether the calling thread is a driver of the pool whose [`Engine`] is at `pool`
+/// (never for 0, the address of no pool).
+fn on_driver_of(pool: usize) -> bool {
+    pool != 0 && DRIVER_OF.with(std::cell::Cell::get) == pool
+}
+
 /// The error of a callback that waits on its own pool.
 pub(crate) fn blocking_in_callback() -> Error {
     Error::InvalidArgument(
         "a callback of this pool called one of its blocking methods (map, apply, starmap, \
-         AsyncResult::get of one of its calls), which would wait for the callback's own \
+         imap, AsyncResult::get of one of its calls), which would wait for the callback's own \
          thread: use the *_async methods from callbacks, or another pool"
             .into(),
     )
@@ -808,7 +814,7 @@ impl Engine {
     /// [`blocking_in_callback`]'s [`Error::InvalidArgument`] on a driver thread of
     /// this pool.
     pub(crate) fn may_block_here(&self) -> Result<(), Error> {
-        if DRIVER_OF.with(std::cell::Cell::get) == self as *const Engine as usize {
+        if on_driver_of(self as *const Engine as usize) {
             return Err(blocking_in_callback());
         }
         Ok(())
