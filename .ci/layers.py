@@ -11,14 +11,16 @@ import re
 import sys
 
 SRC = pathlib.Path(__file__).resolve().parent.parent / "pool-core" / "src"
-LAYERS = {"caller", "engine", "wire", "worker"}
+LAYERS = {"caller", "engine", "wire", "worker", "share"}
 # Which layer may import which: the root modules (error, sync, sys, task, transport,
 # bytes, runtime, lib) are shared helpers and the public face.
 ALLOWED = {
-    "caller": {"engine", "wire"},
+    "caller": {"engine", "wire", "share"},
     "engine": {"wire"},
     "worker": {"wire"},
     "wire": set(),
+    # Channels, shared memory and locks: built on the root's handoff and sys alone.
+    "share": set(),
 }
 # The root modules are shared helpers (error, sync, sys, task, transport, bytes) and
 # import no layer; `process` (what init recorded) reads the wire's marker; `lib` is

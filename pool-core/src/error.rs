@@ -187,6 +187,12 @@ pub enum Error {
     #[error("worker failed to start: {0}")]
     Startup(String),
 
+    /// The other end of a channel is gone: a `recv` found every sender, in every
+    /// process, dropped (or its process dead) and nothing left to read, or a `send`
+    /// found no receiver left anywhere.
+    #[error("the other end of the channel is gone")]
+    Disconnected,
+
     /// A malformed, oversized or mismatched frame from the other side.
     ///
     /// Includes a handshake that does not match (another build, another protocol

@@ -1,0 +1,1 @@
+//! Channels between processes (being written).
