@@ -71,8 +71,9 @@
 extern crate self as procpool;
 
 pub use procpool_core::{
-    AsyncResult, Bytes, Callbacks, Error, Imap, Inputs, Pool, PoolBuilder, Progress, StreamInputs,
-    Task, WorkerExit, is_worker, task_name, task_names,
+    AsyncResult, Bytes, Callbacks, Error, Imap, Inputs, Pool, PoolBuilder, Process, Progress,
+    Receiver, RecvIter, Sender, StreamInputs, Task, WorkerExit, channel, is_worker, task_name,
+    task_names,
 };
 pub use procpool_macros::{main, pool_task};
 

@@ -6,6 +6,7 @@ mod api;
 mod failure;
 mod lifecycle;
 mod macros;
+mod multiprocessing;
 mod protocol;
 mod python_api;
 mod reliability;

@@ -164,7 +164,7 @@ pub enum Error {
 
     /// A bad builder or call argument: a zero that must be positive, a chunk over
     /// the frame cap, an input whose exact `size_hint` lied, a blocking call from a
-    /// callback of the same pool, a pool started inside a worker, a result asked
+    /// callback of the same pool, a result asked
     /// for twice. The message says which.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -31,7 +31,7 @@ use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
 
 use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
@@ -71,7 +71,7 @@ enum Exports {
 
 thread_local! {
     /// How handles serialized on this thread export their descriptors.
-    static EXPORTS: RefCell<Exports> = RefCell::new(Exports::Hold);
+    static EXPORTS: RefCell<Exports> = const { RefCell::new(Exports::Hold) };
     /// The keeps of held exports made on this thread since the last [`take_kept`].
     static KEPT: RefCell<Vec<Keep>> = const { RefCell::new(Vec::new()) };
     /// The descriptors of the channel message being decoded on this thread, taken
@@ -221,12 +221,15 @@ pub(crate) fn retain(kept: Vec<Keep>) {
 /// Runs `encode` with handles exporting their descriptors as passed tokens; returns
 /// its value and the descriptors to send with the message, in token order.
 pub(crate) fn passing<T>(encode: impl FnOnce() -> T) -> (T, Vec<OwnedFd>) {
-    let previous = EXPORTS.with(|e| std::mem::replace(&mut *e.borrow_mut(), Exports::Pass(Vec::new())));
+    let previous =
+        EXPORTS.with(|e| std::mem::replace(&mut *e.borrow_mut(), Exports::Pass(Vec::new())));
     let value = encode();
-    let fds = EXPORTS.with(|e| match std::mem::replace(&mut *e.borrow_mut(), previous) {
-        Exports::Pass(fds) => fds,
-        Exports::Hold => Vec::new(),
-    });
+    let fds = EXPORTS.with(
+        |e| match std::mem::replace(&mut *e.borrow_mut(), previous) {
+            Exports::Pass(fds) => fds,
+            Exports::Hold => Vec::new(),
+        },
+    );
     (value, fds)
 }
 

@@ -57,9 +57,11 @@ pub use bytes::Bytes;
 pub use caller::imap::Imap;
 pub use caller::inputs::{Inputs, StreamInputs};
 pub use caller::pool::{Pool, PoolBuilder};
+pub use caller::process::Process;
 pub use caller::result::{AsyncResult, Callbacks, Progress};
 pub use error::{Error, WorkerExit};
 pub use process::is_worker;
+pub use share::channel::{Receiver, RecvIter, Sender, channel};
 pub use task::Task;
 pub use transport::{
     FrameReceiver, FrameSender, IntoTransport, Link, LinkConfig, Received, Transport,

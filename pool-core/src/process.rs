@@ -1,6 +1,6 @@
 //! What `init()` recorded in this process: the compiled-in transports, and whether
-//! the process serves as a worker. Read by the caller side (a pool needs the
-//! transports, and refuses to start inside a worker) and set by the worker side.
+//! the process serves as a worker. Read by the caller side (a pool or a `Process`
+//! needs the transports) and set by the worker side.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +29,7 @@ pub(crate) fn set_serving() {
 /// True in a worker process (inside a task).
 ///
 /// For code shared by the parent and its tasks that must behave otherwise in a
-/// worker (a task cannot start a pool of its own, say).
+/// worker. A task may start pools and processes of its own: they are its children.
 pub fn is_worker() -> bool {
     SERVING.load(Ordering::Relaxed)
 }
@@ -38,17 +38,10 @@ pub fn is_worker() -> bool {
 ///
 /// # Errors
 ///
-/// [`Error::InvalidArgument`] inside a worker; [`Error::NotInitialized`] if
-/// `init()` has not run, with a message of its own for a worker that is running
-/// `main` because `init()` is not its first line.
+/// [`Error::NotInitialized`] if `init()` has not run, with a message of its own
+/// for a worker that is running `main` because `init()` is not its first line (the
+/// guard against a fork bomb: such a worker must not start workers of its own).
 pub(crate) fn transports() -> Result<&'static [&'static dyn Transport], Error> {
-    if is_worker() {
-        return Err(Error::InvalidArgument(
-            "a pool cannot be created inside a worker process (from a task): \
-             workers do not start pools of their own"
-                .into(),
-        ));
-    }
     if let Some(t) = TRANSPORTS.get() {
         return Ok(t);
     }

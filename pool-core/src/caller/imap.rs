@@ -502,6 +502,7 @@ impl<R: Send + 'static> Feeder<R> {
             }
             buf.truncate(end);
             link.read.fetch_add(count as usize, Ordering::Release);
+            self.job.keep(crate::handoff::take_kept());
             if count > 0 {
                 last_chunk_bytes = buf.len();
                 let batch = Batch {

@@ -8,6 +8,7 @@
 //! - `encode`: one item into its length-prefixed tuple, and the chunk sizes.
 //! - `result`: [`AsyncResult`](result::AsyncResult), [`Callbacks`](result::Callbacks)
 //!   and the collector of `map`, `starmap` and `apply`.
+//! - `process`: [`Process`](process::Process), one task in a child of its own.
 //! - `imap`: the stream, its feeder thread, its inbox and decoder.
 //! - `bar`: indicatif progress bars over the progress hooks (feature `progress`).
 
@@ -17,4 +18,5 @@ pub(crate) mod encode;
 pub(crate) mod imap;
 pub(crate) mod inputs;
 pub(crate) mod pool;
+pub(crate) mod process;
 pub(crate) mod result;

@@ -32,7 +32,7 @@ use super::encode::{check_chunksize, default_chunksize, push_argument};
 use crate::error::chunk_too_large;
 
 use crate::caller::imap::{Fill, Imap, Source};
-use crate::caller::result::{AsyncResult, Callbacks, Collector, Progress, decode_reply};
+use crate::caller::result::{AsyncResult, Callbacks, Collector, Progress, decode_one};
 use crate::engine::{self, Batch, Call, Config, Engine, HEADER_ROOM, Initializer, ReplySink, lock};
 use crate::error::Error;
 use crate::process;
@@ -238,6 +238,7 @@ impl PoolBuilder {
             Ok(Initializer {
                 task: entry.name(),
                 payload,
+                kept: crate::handoff::take_kept(),
             })
         });
         self.initializer = Some(spec);
@@ -284,8 +285,8 @@ impl PoolBuilder {
     /// # Errors
     ///
     /// - [`Error::InvalidArgument`] for a bad setting (zero processes, a zero limit,
-    ///   a frame cap out of range), when no transport is compiled in, and when
-    ///   called inside a worker.
+    ///   a frame cap out of range), and when no transport is compiled in. (A task
+    ///   may build a pool: its workers are the task's worker's children.)
     /// - [`Error::NotInitialized`] if `procpool::init()` has not run.
     /// - The initializer's [`Error::NotRegistered`] or [`Error::Serialization`].
     /// - The first worker's failure: [`Error::Startup`] (it exited before the
@@ -664,24 +665,16 @@ impl Pool {
         let entry = entry_of::<F>()?;
         let mut payload = Vec::new();
         push_argument(&mut payload, entry, 0, &args)?;
+        // Handles in the arguments stay alive here until the call is answered.
+        let kept = crate::handoff::take_kept();
         if payload.len() <= self.max_chunk()
             && let Some(reply) = self.shared.run_direct(entry.name(), &payload)
         {
-            let (mut value, mut error) = (None, None);
-            decode_reply(
-                entry.name(),
-                reply,
-                |v| value = Some(v),
-                |_, e| error = Some(e),
-            );
-            return match (value, error) {
-                (Some(v), None) => Ok(v),
-                (_, Some(e)) => Err(e),
-                (None, None) => Err(Error::Protocol("no result for apply".into())),
-            };
+            return decode_one(entry.name(), reply);
         }
         // No idle worker: queue the arguments already encoded.
         let job = Arc::new(Call::of(&self.shared));
+        job.keep(kept);
         let collector = Collector::new(entry.name(), Arc::clone(&job), 1, single, Callbacks::new());
         let sink: Arc<dyn ReplySink> = collector.clone();
         if let Err(e) = self.send_chunk(entry, &job, &sink, 0, 1, payload) {
@@ -1030,6 +1023,7 @@ impl Pool {
                     index += 1;
                 }
                 last_len = buf.len();
+                job.keep(crate::handoff::take_kept());
                 self.send_chunk(entry, &job, &sink, first, index - first, buf)
                     .map_err(abandon)?;
                 first = index;
@@ -1134,7 +1128,7 @@ fn single<T>(mut v: Vec<T>) -> Result<T, Error> {
 ///
 /// [`Error::NotRegistered`] naming `F`'s type (a closure, a function pointer, a
 /// function without `#[pool_task]`).
-fn entry_of<F: 'static>() -> Result<&'static TaskEntry, Error> {
+pub(super) fn entry_of<F: 'static>() -> Result<&'static TaskEntry, Error> {
     registry::by_type::<F>().ok_or_else(|| Error::NotRegistered {
         name: std::any::type_name::<F>().to_owned(),
     })

@@ -204,6 +204,17 @@ pub(crate) fn decode_reply<R: DeserializeOwned>(
 /// The error of a successful result that does not deserialize as the task's
 /// output here.
 #[cold]
+/// The value of a one-item reply (`apply`, a `Process`), or its error.
+pub(crate) fn decode_one<R: DeserializeOwned>(task: &str, reply: Reply) -> Result<R, Error> {
+    let (mut value, mut error) = (None, None);
+    decode_reply(task, reply, |v| value = Some(v), |_, e| error = Some(e));
+    match (value, error) {
+        (Some(v), None) => Ok(v),
+        (_, Some(e)) => Err(e),
+        (None, None) => Err(Error::Protocol(format!("no result for task `{task}`"))),
+    }
+}
+
 fn undecodable(task: &str, index: usize, e: postcard::Error) -> Error {
     Error::Serialization {
         task: task.to_owned(),

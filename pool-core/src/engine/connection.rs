@@ -233,35 +233,7 @@ impl Connection {
     /// with an [`Error::Startup`] if it did not answer in time, or with a protocol
     /// error if its first frame is not a good `Hello`.
     fn handshake(&mut self, timeout: Duration, shared_secret: u128) -> Result<(), LinkFailure> {
-        let mut frame = Vec::new();
-        match self
-            .link
-            .receiver
-            .recv(&mut frame, Instant::now().checked_add(timeout))?
-        {
-            Received::Frame => {}
-            Received::Closed => return Err(LinkFailure::Closed),
-            Received::TimedOut => {
-                return Err(LinkFailure::Broken(Error::Startup(format!(
-                    "worker {} did not answer within {timeout:?}: is procpool::init() the first \
-                     line of main?",
-                    self.pid
-                ))));
-            }
-        }
-        let hello = match protocol::decode_header::<FromWorker<'_>>(&frame)?.0 {
-            FromWorker::Hello(hello) => hello,
-            other => {
-                return Err(LinkFailure::Broken(Error::protocol(format!(
-                    "expected a handshake, got {other:?}"
-                ))));
-            }
-        };
-        let problem = check_hello(&hello, self.pid, shared_secret);
-        match problem {
-            Some(p) => Err(LinkFailure::Broken(Error::protocol(p))),
-            None => Ok(()),
-        }
+        greet(&mut self.link, self.pid, timeout, shared_secret)
     }
 
     /// Runs the pool's initializer, if any; a failure keeps the worker out of the pool.
@@ -397,36 +369,9 @@ impl Connection {
         count: u32,
         timeout: Option<Duration>,
     ) -> Result<Result<ResultFrame, Error>, LinkFailure> {
-        let mut done = 0;
-        loop {
-            let mut frame = Vec::new();
-            let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-            match self.link.receiver.recv(&mut frame, deadline)? {
-                Received::Frame => {}
-                Received::Closed => return Err(LinkFailure::Closed),
-                Received::TimedOut => return Err(LinkFailure::TimedOut { done }),
-            }
-            let (msg, rest) = protocol::decode_header::<FromWorker<'_>>(&frame)?;
-            let offset = frame.len() - rest.len();
-            match msg {
-                FromWorker::Started { id: got, item } if got == id && item < count => {
-                    done = item;
-                }
-                FromWorker::Done { id: got, count: n } if got == id && n == count => {
-                    self.items_done += count as usize;
-                    return Ok(Ok(ResultFrame::new(frame, offset)));
-                }
-                FromWorker::Refused { id: got, reason } if got == id => {
-                    self.items_done += count as usize;
-                    return Ok(Err(Error::protocol(reason)));
-                }
-                other => {
-                    return Err(LinkFailure::Broken(Error::protocol(format!(
-                        "unexpected reply to batch {id} of {count} items: {other:?}"
-                    ))));
-                }
-            }
-        }
+        let answer = await_reply(&mut self.link, id, count, timeout)?;
+        self.items_done += count as usize;
+        Ok(answer)
     }
 
     /// Stops the worker (politely unless the pool is terminating) and reaps it.
@@ -541,6 +486,91 @@ impl Connection {
         };
         self.dead = Some(worker);
         outcome
+    }
+}
+
+/// Waits up to `timeout` for the `Hello` of worker `pid` on `link`, and checks it
+/// against this build, the pid and the `shared_secret` ([`check_hello`]).
+///
+/// # Errors
+///
+/// As [`Connection::handshake`].
+pub(super) fn greet(
+    link: &mut Link,
+    pid: u32,
+    timeout: Duration,
+    shared_secret: u128,
+) -> Result<(), LinkFailure> {
+    let mut frame = Vec::new();
+    match link
+        .receiver
+        .recv(&mut frame, Instant::now().checked_add(timeout))?
+    {
+        Received::Frame => {}
+        Received::Closed => return Err(LinkFailure::Closed),
+        Received::TimedOut => {
+            return Err(LinkFailure::Broken(Error::Startup(format!(
+                "worker {} did not answer within {timeout:?}: is procpool::init() the first \
+                 line of main?",
+                pid
+            ))));
+        }
+    }
+    let hello = match protocol::decode_header::<FromWorker<'_>>(&frame)?.0 {
+        FromWorker::Hello(hello) => hello,
+        other => {
+            return Err(LinkFailure::Broken(Error::protocol(format!(
+                "expected a handshake, got {other:?}"
+            ))));
+        }
+    };
+    let problem = check_hello(&hello, pid, shared_secret);
+    match problem {
+        Some(p) => Err(LinkFailure::Broken(Error::protocol(p))),
+        None => Ok(()),
+    }
+}
+
+/// Waits on `link` for the answer to frame `id` of `count` items, each item
+/// within `timeout` (a `Started` report restarts the clock): the result items, or
+/// `Ok(Err(..))` for a refusal.
+///
+/// # Errors
+///
+/// As [`Connection::receive_within`].
+pub(super) fn await_reply(
+    link: &mut Link,
+    id: u64,
+    count: u32,
+    timeout: Option<Duration>,
+) -> Result<Result<ResultFrame, Error>, LinkFailure> {
+    let mut done = 0;
+    loop {
+        let mut frame = Vec::new();
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        match link.receiver.recv(&mut frame, deadline)? {
+            Received::Frame => {}
+            Received::Closed => return Err(LinkFailure::Closed),
+            Received::TimedOut => return Err(LinkFailure::TimedOut { done }),
+        }
+        let (msg, rest) = protocol::decode_header::<FromWorker<'_>>(&frame)?;
+        let offset = frame.len() - rest.len();
+        match msg {
+            FromWorker::Started { id: got, item } if got == id && item < count => {
+                done = item;
+            }
+            FromWorker::Done { id: got, count: n } if got == id && n == count => {
+                return Ok(Ok(ResultFrame::new(frame, offset)));
+            }
+            FromWorker::Refused { id: got, reason } if got == id => {
+                return Ok(Err(Error::protocol(reason)));
+            }
+            other => {
+                return Err(LinkFailure::Broken(Error::protocol(format!(
+                    "unexpected reply to batch {id} of {count} items: {other:?}"
+                ))));
+            }
+        }
     }
 }
 

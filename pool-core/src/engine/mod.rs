@@ -19,6 +19,8 @@
 //! - `connection`: a driver's end of one worker: its start through the [`Launch`],
 //!   the handshake, the initializer, frames out and replies in, the reaping.
 //! - `worker`: the [`Worker`] and [`Launch`] traits and the local child process.
+//! - `solo`: one worker for one call, without queue or driver ([`Solo`], what a
+//!   `Process` runs on).
 //! - `fake` (unit tests only): workers that are threads of the test process.
 //!
 //! # Locks
@@ -43,10 +45,13 @@ mod connection;
 mod driver;
 #[cfg(test)]
 mod fake;
+mod solo;
 mod worker;
 
+pub(crate) use solo::Solo;
 pub(crate) use worker::{Launch, LocalLaunch, Worker};
 
+use crate::handoff::Keep;
 pub(crate) use crate::sync::lock;
 
 use crate::error::Error;
@@ -122,6 +127,13 @@ pub(crate) struct Initializer {
     pub(crate) task: &'static str,
     /// One length-prefixed item: the argument tuple.
     pub(crate) payload: Vec<u8>,
+    /// What the handles in the arguments need kept alive for every new worker to
+    /// take them (see `handoff`): held as long as the pool.
+    #[expect(
+        dead_code,
+        reason = "held, never read: dropping it is what frees the handles"
+    )]
+    pub(crate) kept: Vec<Keep>,
 }
 
 /// Where the outcome of a batch goes.
@@ -156,6 +168,9 @@ pub(crate) struct Call {
     cancelled: AtomicBool,
     /// The address of the pool's [`Engine`] (0: not known), to tell its drivers.
     pool: usize,
+    /// What the handles in the call's arguments need kept alive until the workers
+    /// have taken them (see `handoff`): held as long as the call.
+    kept: std::sync::Mutex<Vec<Keep>>,
 }
 
 impl Call {
@@ -164,6 +179,15 @@ impl Call {
         Call {
             cancelled: AtomicBool::new(false),
             pool: shared as *const Engine as usize,
+            kept: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Holds `kept`, what the handles in the call's arguments need kept alive
+    /// (`handoff::take_kept` after each chunk is encoded), as long as the call.
+    pub(crate) fn keep(&self, kept: Vec<Keep>) {
+        if !kept.is_empty() {
+            lock(&self.kept).extend(kept);
         }
     }
 

@@ -159,6 +159,9 @@ impl Server {
                 None
             };
             run_frame(entry, payload, count, &mut results, started, item)?;
+            // Handles in the results must outlive the parent's decoding of them,
+            // which nothing reports back: they stay for the worker's life.
+            crate::handoff::retain(crate::handoff::take_kept());
             // Let what tasks printed out before their results arrive.
             let _ = std::io::stdout().flush();
             protocol::encode_header(&FromWorker::Done { id, count }, &mut header)?;
