@@ -262,6 +262,35 @@ fn channel_ends_are_arguments_of_pool_tasks() {
 }
 
 #[test]
+fn a_channel_disconnects_once_the_tasks_holding_its_senders_are_done_before_get() {
+    let pool = Pool::new(2).unwrap();
+    let (tx, rx) = channel::<u64>().unwrap();
+    let pending = pool
+        .starmap_async(produce, vec![(tx.clone(), 0, 10), (tx, 10, 10)])
+        .unwrap();
+    // Ends without `get`: the pool keeps a sender only until its task has it.
+    let got: BTreeSet<u64> = rx.iter().collect();
+    assert_eq!(got, (0..20).collect());
+    assert_eq!(pending.get().unwrap(), vec![10, 10]);
+    // The same through apply_async and imap.
+    let (tx, rx) = channel::<u64>().unwrap();
+    let one = pool.apply_async(produce, (tx.clone(), 0, 5)).unwrap();
+    let stream = pool
+        .imap(consume_count, vec![tx.clone(), tx])
+        .unwrap();
+    assert_eq!(rx.iter().count(), 5 + 2 * 3);
+    assert_eq!(one.get().unwrap(), 5);
+    assert_eq!(stream.map(Result::unwrap).collect::<Vec<_>>(), vec![3, 3]);
+}
+
+/// Sends 3 numbers on `tx`.
+#[pool_task]
+fn consume_count(tx: Sender<u64>) -> u64 {
+    (0..3).for_each(|n| tx.send(n).expect("receiver alive"));
+    3
+}
+
+#[test]
 fn a_handle_made_in_a_child_comes_back_through_a_channel() {
     let (back_tx, back_rx) = channel::<Sender<u64>>().unwrap();
     let p = Process::spawn(hand_back, (back_tx, 40)).unwrap();

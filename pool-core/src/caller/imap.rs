@@ -502,7 +502,6 @@ impl<R: Send + 'static> Feeder<R> {
             }
             buf.truncate(end);
             link.read.fetch_add(count as usize, Ordering::Release);
-            self.job.keep(crate::handoff::take_kept());
             if count > 0 {
                 last_chunk_bytes = buf.len();
                 let batch = Batch {
@@ -514,6 +513,7 @@ impl<R: Send + 'static> Feeder<R> {
                     retries: 0,
                     restarts: 0,
                     solo: false,
+                    kept: crate::handoff::take_kept(),
                     sink: Some(Arc::clone(&self.sink)),
                 };
                 if let Err(e) = self.shared.submit(std::iter::once(batch)) {

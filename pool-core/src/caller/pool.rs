@@ -674,10 +674,9 @@ impl Pool {
         }
         // No idle worker: queue the arguments already encoded.
         let job = Arc::new(Call::of(&self.shared));
-        job.keep(kept);
         let collector = Collector::new(entry.name(), Arc::clone(&job), 1, single, Callbacks::new());
         let sink: Arc<dyn ReplySink> = collector.clone();
-        if let Err(e) = self.send_chunk(entry, &job, &sink, 0, 1, payload) {
+        if let Err(e) = self.send_chunk(entry, &job, &sink, (0, 1), payload, kept) {
             collector.abandon();
             return Err(e);
         }
@@ -912,7 +911,8 @@ impl Pool {
         )
     }
 
-    /// Queues one encoded chunk of a call: items `first..first + count` in `buf`.
+    /// Queues one encoded chunk of a call: items `first..first + count` in `buf`,
+    /// with what their handles need kept alive (`kept`).
     ///
     /// # Errors
     ///
@@ -925,9 +925,9 @@ impl Pool {
         entry: &'static TaskEntry,
         job: &Arc<Call>,
         sink: &Arc<dyn ReplySink>,
-        first: usize,
-        count: usize,
+        (first, count): (usize, usize),
         buf: Vec<u8>,
+        kept: Vec<crate::handoff::Keep>,
     ) -> Result<(), Error> {
         if buf.len() > self.max_chunk() {
             return Err(chunk_too_large(
@@ -946,6 +946,7 @@ impl Pool {
             retries: 0,
             restarts: 0,
             solo: false,
+            kept,
             sink: Some(Arc::clone(sink)),
         };
         self.shared.submit(std::iter::once(batch))
@@ -1023,8 +1024,8 @@ impl Pool {
                     index += 1;
                 }
                 last_len = buf.len();
-                job.keep(crate::handoff::take_kept());
-                self.send_chunk(entry, &job, &sink, first, index - first, buf)
+                let kept = crate::handoff::take_kept();
+                self.send_chunk(entry, &job, &sink, (first, index - first), buf, kept)
                     .map_err(abandon)?;
                 first = index;
             }

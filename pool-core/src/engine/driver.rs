@@ -844,6 +844,7 @@ mod tests {
             retries: 0,
             restarts: 0,
             solo: false,
+            kept: Vec::new(),
             sink: Some(Arc::clone(sink) as Arc<dyn ReplySink>),
         }
     }

@@ -168,9 +168,6 @@ pub(crate) struct Call {
     cancelled: AtomicBool,
     /// The address of the pool's [`Engine`] (0: not known), to tell its drivers.
     pool: usize,
-    /// What the handles in the call's arguments need kept alive until the workers
-    /// have taken them (see `handoff`): held as long as the call.
-    kept: std::sync::Mutex<Vec<Keep>>,
 }
 
 impl Call {
@@ -179,15 +176,6 @@ impl Call {
         Call {
             cancelled: AtomicBool::new(false),
             pool: shared as *const Engine as usize,
-            kept: std::sync::Mutex::default(),
-        }
-    }
-
-    /// Holds `kept`, what the handles in the call's arguments need kept alive
-    /// (`handoff::take_kept` after each chunk is encoded), as long as the call.
-    pub(crate) fn keep(&self, kept: Vec<Keep>) {
-        if !kept.is_empty() {
-            lock(&self.kept).extend(kept);
         }
     }
 
@@ -240,6 +228,10 @@ pub(crate) struct Batch {
     /// Goes to a worker in a frame of its own: it was in a group whose reply the
     /// worker could not send (over the frame cap).
     pub(crate) solo: bool,
+    /// What the handles in the batch's arguments need kept alive until a worker
+    /// has taken them (see `handoff`): the batch lives until it is answered, which
+    /// is after its worker decoded them. Empty without handles.
+    pub(crate) kept: Vec<Keep>,
     /// Taken when the outcome is delivered; see `Drop`. `None` only once the batch
     /// has been answered or disarmed: that is what makes delivery exactly once.
     pub(crate) sink: Option<Arc<dyn ReplySink>>,
