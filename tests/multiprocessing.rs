@@ -275,9 +275,7 @@ fn a_channel_disconnects_once_the_tasks_holding_its_senders_are_done_before_get(
     // The same through apply_async and imap.
     let (tx, rx) = channel::<u64>().unwrap();
     let one = pool.apply_async(produce, (tx.clone(), 0, 5)).unwrap();
-    let stream = pool
-        .imap(consume_count, vec![tx.clone(), tx])
-        .unwrap();
+    let stream = pool.imap(consume_count, vec![tx.clone(), tx]).unwrap();
     assert_eq!(rx.iter().count(), 5 + 2 * 3);
     assert_eq!(one.get().unwrap(), 5);
     assert_eq!(stream.map(Result::unwrap).collect::<Vec<_>>(), vec![3, 3]);

@@ -16,7 +16,7 @@
 //! A module per scenario family, each opening with what it measures and how:
 //! `throughput.rs` (`map_tiny`, `map_tiny_chunk1`, `imap_stream`), `latency.rs`
 //! (`apply_rtt`, `startup`), `payload.rs` (`payload_1mib`, `payload_64mib`),
-//! `cpu_bound.rs`, and `reference.rs`: the `raw-pipe` and `rayon` rows measured in the
+//! `cpu_bound.rs`, `sharing.rs` (`channel_stream`, `channel_rtt`, procpool only), and `reference.rs`: the `raw-pipe` and `rayon` rows measured in the
 //! same run (skip them with `--no-reference`).
 //! `benches/compare.sh` runs this next to the Python reference and prints a table.
 
@@ -24,6 +24,7 @@ mod cpu_bound;
 mod latency;
 mod payload;
 mod reference;
+mod sharing;
 mod throughput;
 
 use std::error::Error as StdError;
@@ -34,8 +35,8 @@ use procpool::{Pool, Transport, pool_task};
 type Res<T> = Result<T, Box<dyn StdError>>;
 
 /// The shared baseline's scenarios, then `payload_64mib` (procpool only: big
-/// payloads, for choosing a transport).
-const SCENARIOS: [&str; 8] = [
+/// payloads, for choosing a transport) and the channel scenarios (procpool only).
+const SCENARIOS: [&str; 10] = [
     "map_tiny",
     "map_tiny_chunk1",
     "apply_rtt",
@@ -44,6 +45,8 @@ const SCENARIOS: [&str; 8] = [
     "cpu_bound",
     "imap_stream",
     "payload_64mib",
+    "channel_stream",
+    "channel_rtt",
 ];
 
 /// The tiny task of `throughput` and `latency`, and of every pool's warm-up.
@@ -95,6 +98,8 @@ fn run() -> Res<()> {
             "cpu_bound" => cpu_bound::cpu_bound(&bench)?,
             "imap_stream" => throughput::imap_stream(&bench)?,
             "payload_64mib" => payload::payload_64mib(&bench)?,
+            "channel_stream" => sharing::channel_stream(&bench)?,
+            "channel_rtt" => sharing::channel_rtt(&bench)?,
             _ => unreachable!("scenario names are checked by parse_args"),
         }
         log(&format!(

@@ -26,6 +26,11 @@ pub(crate) const ECHO_ENV: &str = "PROCPOOL_COMPARE_ECHO";
 
 /// `apply_rtt[raw-pipe]`: 8-byte echoes, timed as `apply_rtt` times its calls.
 pub(crate) fn apply_rtt_raw_pipe(bench: &Bench) -> Res<()> {
+    apply_rtt_raw_pipe_as(bench, "apply_rtt")
+}
+
+/// The 8-byte echo of `apply_rtt[raw-pipe]`, reported as `scenario`'s reference.
+pub(crate) fn apply_rtt_raw_pipe_as(bench: &Bench, scenario: &str) -> Res<()> {
     let mut child = EchoChild::spawn()?;
     let (median, p99, medians) = rtt_rounds(bench, |i| {
         let msg = i.to_le_bytes();
@@ -37,11 +42,11 @@ pub(crate) fn apply_rtt_raw_pipe(bench: &Bench) -> Res<()> {
     })?;
     child.finish()?;
     log(&format!(
-        "apply_rtt[raw-pipe]: median {median:.1} us, p99 {p99:.1} us  (8-byte echo; medians {} us)",
+        "{scenario}[raw-pipe]: median {median:.1} us, p99 {p99:.1} us  (8-byte echo; medians {} us)",
         join_f(&medians)
     ));
-    emit(bench, "raw-pipe", "apply_rtt", "median", median, "us");
-    emit(bench, "raw-pipe", "apply_rtt", "p99", p99, "us");
+    emit(bench, "raw-pipe", scenario, "median", median, "us");
+    emit(bench, "raw-pipe", scenario, "p99", p99, "us");
     Ok(())
 }
 
@@ -103,14 +108,14 @@ pub(crate) fn cpu_bound_rayon(bench: &Bench, serial_best: f64, expected: &[u32])
 
 /// This binary re-executed as a child that echoes its stdin to its stdout: the
 /// raw-pipe reference, two plain pipes and no pool.
-struct EchoChild {
+pub(crate) struct EchoChild {
     child: Child,
-    input: File,
-    output: File,
+    pub(crate) input: File,
+    pub(crate) output: File,
 }
 
 impl EchoChild {
-    fn spawn() -> Res<EchoChild> {
+    pub(crate) fn spawn() -> Res<EchoChild> {
         let mut child = Command::new(std::env::current_exe()?)
             .env(ECHO_ENV, "1")
             .stdin(Stdio::piped())
@@ -129,7 +134,7 @@ impl EchoChild {
         })
     }
 
-    fn finish(mut self) -> Res<()> {
+    pub(crate) fn finish(mut self) -> Res<()> {
         drop(self.input); // end of file: the child exits
         let status = self.child.wait()?;
         assert!(status.success(), "echo child: {status}");
