@@ -603,6 +603,46 @@ fn imap_input_fed_by_its_output(s: Setup) {
     }
 }
 
+/// Sends `first..first + count` on `tx`; how many it sent.
+#[pool_task]
+fn produce_into(tx: procpool::Sender<u64>, first: u64, count: u64) -> u64 {
+    (first..first + count).for_each(|n| tx.send(n).expect("a receiver is alive"));
+    count
+}
+
+/// Receives until every sender is gone.
+#[pool_task]
+fn drain(rx: procpool::Receiver<u64>) -> Vec<u64> {
+    rx.iter().collect()
+}
+
+/// Channel ends are ordinary arguments of pool tasks: producers and consumers are
+/// tasks of two pools, every item arrives once, and the consumers' streams end when
+/// the producing tasks are done (their senders gone), before anyone calls `get`.
+fn channel_ends_travel_to_pool_tasks(setup: Setup) {
+    let producers = setup.pool(2);
+    let consumers = setup.pool(2);
+    let (tx, rx) = procpool::channel::<u64>().unwrap();
+    let drained = consumers
+        .map_async(drain, vec![rx.clone(), rx])
+        .unwrap();
+    let sent = producers
+        .starmap(produce_into, (0..4u64).map(|k| (tx.clone(), k * 1000, 1000)))
+        .unwrap();
+    assert_eq!(sent, vec![1000; 4]);
+    drop(tx);
+    let mut all: Vec<u64> = drained.get().unwrap().into_iter().flatten().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..4000).collect::<Vec<_>>());
+    // A send with no receiver left anywhere fails instead of blocking.
+    let (tx, rx) = procpool::channel::<u64>().unwrap();
+    drop(rx);
+    assert!(matches!(
+        producers.apply(produce_into, (tx, 0, 1)),
+        Err(Error::TaskPanicked { .. })
+    ));
+}
+
 macro_rules! conformance_suite {
     ($($(#[$cfg:meta])* $name:ident;)*) => {$(
         $(#[$cfg])*
@@ -626,6 +666,7 @@ macro_rules! conformance_suite {
             #[test] fn imap_input_fed_by_its_output() { super::imap_input_fed_by_its_output(S) }
             #[test] fn no_leaks_after_a_thousand_pools() { super::no_leaks_after_a_thousand_pools(S) }
             #[test] fn ctrl_c_ends_the_program_and_its_workers() { super::ctrl_c_ends_the_program_and_its_workers(S) }
+            #[test] fn channel_ends_travel_to_pool_tasks() { super::channel_ends_travel_to_pool_tasks(S) }
         }
     )*};
 }
