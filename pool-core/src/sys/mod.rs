@@ -1,6 +1,7 @@
 //! The system calls procpool-core needs that std does not wrap safely: preparing a
 //! worker between `fork` and `exec` (parent-death signal, limits, descriptors), the
-//! scheduling policy of driver threads, and the progress page shared with a worker.
+//! scheduling policy of driver threads, the progress page shared with a worker, and
+//! the shared-memory segments and robust mutexes of `share` (`shm`).
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
@@ -11,6 +12,8 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+pub(crate) mod shm;
 
 use rustix::process::{
     Pid, Resource, Rlimit, Signal, getppid, set_parent_process_death_signal, setrlimit,
