@@ -119,3 +119,60 @@ impl<'de, T: Pod> Deserialize<'de> for SharedSlice<T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fs::SealFlags;
+
+    #[test]
+    fn a_slice_holds_its_data_sealed_and_read_only() {
+        let data: Vec<u64> = (0..10_000).collect();
+        let slice = SharedSlice::from_slice(&data).unwrap();
+        assert_eq!(&*slice, &data[..]);
+        let seals = rustix::fs::fcntl_get_seals(slice.segment().fd()).unwrap();
+        let all = SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL;
+        assert!(seals.contains(all), "{seals:?}");
+        // Nobody can resize it; this process maps it read-only.
+        let write = rustix::fs::ftruncate(slice.segment().fd(), 0);
+        assert!(write.is_err(), "cannot shrink");
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let ino = crate::share::memory::testing::inode(slice.segment().fd()).to_string();
+        let line = maps
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some(ino.as_str()))
+            .unwrap();
+        assert!(
+            line.split_whitespace().nth(1).unwrap().starts_with("r--s"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn empty_slices_and_decoded_handles() {
+        let empty = SharedSlice::<u32>::from_slice(&[]).unwrap();
+        assert!(empty.is_empty());
+        let slice = SharedSlice::from_slice(&[3u64, 1, 4, 1, 5]).unwrap();
+        let bytes = postcard::to_allocvec(&slice).unwrap();
+        let _ = crate::handoff::take_kept();
+        let copy: SharedSlice<u64> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            copy.as_ptr(),
+            slice.as_ptr(),
+            "the same mapping, not a copy"
+        );
+        assert!(
+            postcard::from_bytes::<SharedSlice<u32>>(&bytes).is_err(),
+            "element size"
+        );
+        assert!(postcard::from_bytes::<SharedSlice<u64>>(&bytes[..bytes.len() - 1]).is_err());
+        assert!(postcard::from_bytes::<SharedSlice<u64>>(&[0xff; 32]).is_err());
+        let bytes = postcard::to_allocvec(&empty).unwrap();
+        let _ = crate::handoff::take_kept();
+        assert!(
+            postcard::from_bytes::<SharedSlice<u32>>(&bytes)
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

@@ -502,3 +502,218 @@ impl Drop for SemaphoreGuard<'_> {
         self.semaphore.release();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::thread;
+
+    const SHORT: Duration = Duration::from_millis(30);
+
+    #[test]
+    fn a_lock_excludes_and_recovers_from_a_dead_holder() {
+        let lock = Lock::new().unwrap();
+        let guard = lock.lock();
+        let other = lock.clone();
+        let (tried, timed) = thread::spawn(move || {
+            (
+                other.try_lock().is_none(),
+                other.lock_timeout(SHORT).is_none(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert!(tried && timed, "held by this thread");
+        drop(guard);
+        let dying = lock.clone();
+        thread::spawn(move || std::mem::forget(dying.lock()))
+            .join()
+            .unwrap();
+        let guard = lock.try_lock().expect("the dead holder's lock is free");
+        assert!(guard.owner_died());
+        drop(guard);
+        assert!(!lock.lock().owner_died());
+    }
+
+    #[test]
+    fn a_lock_guards_a_counter_across_threads() {
+        let lock = Lock::new().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (lock, count) = (lock.clone(), count.clone());
+                thread::spawn(move || {
+                    for _ in 0..500 {
+                        let _held = lock.lock();
+                        // A non-atomic read-modify-write: only safe under the lock.
+                        let seen = count.load(Ordering::Relaxed);
+                        thread::yield_now();
+                        count.store(seen + 1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(count.load(Ordering::Relaxed), 1500);
+    }
+
+    #[test]
+    fn an_event_wakes_its_waiters_and_times_out_when_not_set() {
+        let event = Event::new().unwrap();
+        assert!(!event.is_set());
+        let start = Instant::now();
+        assert!(!event.wait_timeout(SHORT));
+        assert!(start.elapsed() >= SHORT, "waited the whole timeout");
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let event = event.clone();
+                thread::spawn(move || event.wait_timeout(Duration::from_secs(10)))
+            })
+            .collect();
+        thread::sleep(SHORT);
+        event.set();
+        assert!(waiters.into_iter().all(|w| w.join().unwrap()));
+        assert!(event.is_set() && event.wait_timeout(Duration::ZERO));
+        event.wait();
+        event.clear();
+        assert!(!event.is_set() && !event.wait_timeout(Duration::ZERO));
+        // A set that is cleared at once still releases a waiter that was there.
+        let waiter = {
+            let event = event.clone();
+            thread::spawn(move || event.wait_timeout(Duration::from_secs(10)))
+        };
+        thread::sleep(SHORT);
+        event.set();
+        event.clear();
+        assert!(waiter.join().unwrap());
+    }
+
+    #[test]
+    fn a_barrier_of_three_holds_for_a_hundred_passes() {
+        let barrier = Barrier::new(3).unwrap();
+        assert_eq!(barrier.parties(), 3);
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (barrier, arrived) = (barrier.clone(), arrived.clone());
+                thread::spawn(move || {
+                    for pass in 0..100 {
+                        arrived.fetch_add(1, Ordering::SeqCst);
+                        barrier.wait();
+                        // Everyone arrived for this pass, nobody for the next yet.
+                        assert!(arrived.load(Ordering::SeqCst) >= 3 * (pass + 1));
+                        barrier.wait();
+                        assert!(arrived.load(Ordering::SeqCst) <= 3 * (pass + 2));
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(arrived.load(Ordering::SeqCst), 300);
+    }
+
+    #[test]
+    fn a_barrier_wait_that_times_out_takes_its_arrival_back() {
+        let barrier = Barrier::new(2).unwrap();
+        let start = Instant::now();
+        assert!(!barrier.wait_timeout(SHORT), "alone: times out");
+        assert!(start.elapsed() >= SHORT);
+        assert!(
+            !barrier.wait_timeout(SHORT),
+            "still alone: the first arrival was taken back"
+        );
+        let other = barrier.clone();
+        let partner = thread::spawn(move || other.wait_timeout(Duration::from_secs(10)));
+        assert!(barrier.wait_timeout(Duration::from_secs(10)));
+        assert!(partner.join().unwrap());
+        let single = Barrier::new(1).unwrap();
+        single.wait();
+        assert!(single.wait_timeout(Duration::ZERO));
+    }
+
+    #[test]
+    fn barrier_sizes_are_checked() {
+        assert!(matches!(Barrier::new(0), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            Barrier::new(BARRIER_MAX_PARTIES + 1),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(Barrier::new(BARRIER_MAX_PARTIES).is_ok());
+    }
+
+    #[test]
+    fn a_semaphore_counts_its_permits() {
+        let semaphore = Semaphore::new(2).unwrap();
+        let one = semaphore.try_acquire().expect("first");
+        let two = semaphore.acquire();
+        assert!(semaphore.try_acquire().is_none(), "two permits only");
+        assert!(semaphore.acquire_timeout(SHORT).is_none());
+        assert_eq!(semaphore.available(), 0);
+        drop(one);
+        assert_eq!(semaphore.available(), 1);
+        let three = semaphore.try_acquire().expect("given back");
+        // A blocked acquire is woken by a release in another thread.
+        let other = semaphore.clone();
+        let waiter =
+            thread::spawn(move || other.acquire_timeout(Duration::from_secs(10)).is_some());
+        thread::sleep(SHORT);
+        drop(two);
+        assert!(waiter.join().unwrap());
+        drop(three);
+        assert_eq!(semaphore.available(), 2);
+        let none = Semaphore::new(0).unwrap();
+        assert!(none.try_acquire().is_none() && none.acquire_timeout(SHORT).is_none());
+        assert!(matches!(
+            Semaphore::new(u32::MAX as usize + 1),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn a_semaphore_bounds_the_threads_inside() {
+        let semaphore = Semaphore::new(2).unwrap();
+        let inside = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let (semaphore, inside) = (semaphore.clone(), inside.clone());
+                thread::spawn(move || {
+                    for _ in 0..50 {
+                        let _permit = semaphore.acquire();
+                        assert!(inside.fetch_add(1, Ordering::SeqCst) < 2);
+                        thread::yield_now();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(semaphore.available(), 2);
+    }
+
+    #[test]
+    fn decoded_sync_handles_are_the_same_objects() {
+        let (lock, event) = (Lock::new().unwrap(), Event::new().unwrap());
+        let (barrier, semaphore) = (Barrier::new(2).unwrap(), Semaphore::new(1).unwrap());
+        let bytes = postcard::to_allocvec(&(&lock, &event, &barrier, &semaphore)).unwrap();
+        assert_eq!(crate::handoff::take_kept().len(), 4);
+        let (lock2, event2, barrier2, semaphore2): (Lock, Event, Barrier, Semaphore) =
+            postcard::from_bytes(&bytes).unwrap();
+        let held = lock.lock();
+        assert!(lock2.try_lock().is_none());
+        drop(held);
+        event2.set();
+        assert!(event.is_set());
+        let _permit = semaphore2.acquire();
+        assert!(semaphore.try_acquire().is_none());
+        assert_eq!(barrier2.parties(), 2);
+        let partner = thread::spawn(move || barrier2.wait_timeout(Duration::from_secs(10)));
+        assert!(barrier.wait_timeout(Duration::from_secs(10)) && partner.join().unwrap());
+        // Not another kind of object.
+        let bytes = postcard::to_allocvec(&lock).unwrap();
+        let _ = crate::handoff::take_kept();
+        assert!(postcard::from_bytes::<Event>(&bytes).is_err());
+        assert!(postcard::from_bytes::<Semaphore>(&[1, 2, 3]).is_err());
+        assert!(format!("{lock:?}").starts_with("Lock(Lock "));
+    }
+}

@@ -361,3 +361,146 @@ impl<'de, T: Pod> Deserialize<'de> for SharedArray<T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+
+    #[test]
+    fn a_value_is_shared_by_threads_under_its_lock() {
+        let value = SharedValue::new(0u64).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let value = value.clone();
+                thread::spawn(move || {
+                    for _ in 0..1000 {
+                        let mut guard = value.lock();
+                        let seen = *guard;
+                        thread::yield_now();
+                        *guard = seen + 1;
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(value.get(), 4000, "no increment lost");
+    }
+
+    #[test]
+    fn a_held_lock_is_busy_for_others_until_dropped() {
+        let value = SharedValue::new([1u32, 2]).unwrap();
+        let guard = value.lock();
+        let other = value.clone();
+        let busy = thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let timed = other.lock_timeout(Duration::from_millis(50)).is_none();
+            (other.try_lock().is_none(), timed, start.elapsed())
+        })
+        .join()
+        .unwrap();
+        assert!(busy.0 && busy.1, "busy while held");
+        assert!(
+            busy.2 >= Duration::from_millis(50),
+            "waited out the timeout"
+        );
+        drop(guard);
+        assert_eq!(value.try_lock().map(|g| *g), Some([1, 2]));
+    }
+
+    #[test]
+    fn a_thread_that_dies_holding_the_lock_leaves_it_to_the_next() {
+        let value = SharedValue::new(1u8).unwrap();
+        let dying = value.clone();
+        thread::spawn(move || {
+            let mut guard = dying.lock();
+            *guard = 2;
+            // Ends holding it, as a killed process would.
+            std::mem::forget(guard);
+        })
+        .join()
+        .unwrap();
+        let guard = value
+            .lock_timeout(Duration::from_secs(5))
+            .expect("recovered");
+        assert!(guard.owner_died(), "told that the holder died");
+        assert_eq!(*guard, 2);
+        drop(guard);
+        let guard = value.lock();
+        assert!(!guard.owner_died(), "consistent again");
+    }
+
+    #[test]
+    fn arrays_copy_in_and_out_and_may_be_empty() {
+        let array = SharedArray::from_slice(&[1.5f64, 2.5, 3.5]).unwrap();
+        assert_eq!((array.len(), array.is_empty()), (3, false));
+        array.lock()[1] = 9.0;
+        assert_eq!(array.to_vec(), [1.5, 9.0, 3.5]);
+        let zeroed = SharedArray::<u16>::zeroed(100_000).unwrap();
+        assert!(zeroed.to_vec().iter().all(|&x| x == 0));
+        let empty = SharedArray::<u64>::zeroed(0).unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(empty.lock().len(), 0);
+        assert!(
+            SharedArray::<u8>::from_slice(&[])
+                .unwrap()
+                .to_vec()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn sizes_that_cannot_be_are_invalid_arguments() {
+        let e = SharedArray::<u64>::zeroed(usize::MAX).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        let e = SharedArray::<()>::zeroed(4).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        assert!(matches!(
+            SharedValue::new(()),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn a_decoded_handle_is_the_same_object() {
+        let value = SharedValue::new(7i32).unwrap();
+        let bytes = postcard::to_allocvec(&value).unwrap();
+        assert_eq!(
+            crate::handoff::take_kept().len(),
+            1,
+            "a held export keeps the segment"
+        );
+        let copy: SharedValue<i32> = postcard::from_bytes(&bytes).unwrap();
+        *copy.lock() = -1;
+        assert_eq!(value.get(), -1);
+
+        let array = SharedArray::from_slice(&[0u8; 16]).unwrap();
+        let bytes = postcard::to_allocvec(&array).unwrap();
+        let _ = crate::handoff::take_kept();
+        let copy: SharedArray<u8> = postcard::from_bytes(&bytes).unwrap();
+        array.lock()[15] = 42;
+        assert_eq!(copy.to_vec()[15], 42);
+        // Same bytes, another element type of the same size: a view of its own.
+        let longs = SharedArray::from_slice(&[1u64, 2]).unwrap();
+        let bytes = postcard::to_allocvec(&longs).unwrap();
+        let _ = crate::handoff::take_kept();
+        let view: SharedArray<[u32; 2]> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(view.to_vec(), [[1, 0], [2, 0]]);
+    }
+
+    #[test]
+    fn handles_are_what_the_api_promises() {
+        fn handle<H>()
+        where
+            H: Clone + Send + Sync + Serialize + serde::de::DeserializeOwned + fmt::Debug + 'static,
+        {
+        }
+        handle::<SharedValue<u64>>();
+        handle::<SharedArray<f64>>();
+        let value = SharedValue::new(3u16).unwrap();
+        assert!(format!("{value:?}").starts_with("SharedValue<u16>(Value "));
+        assert_eq!(format!("{:?}", value.lock()), "ValueGuard(3)");
+    }
+}
