@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, Weak};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::handoff::{self, FdToken, Keep};
+use crate::handoff::{self, Keep};
 use crate::sys::shm::Header;
 
 /// The magic of a segment's header: `procpool` in ASCII.
@@ -163,9 +163,11 @@ pub(crate) fn create_error(e: io::Error) -> Error {
     }
 }
 
-/// The serialized form of a handle.
-#[derive(Serialize, Deserialize)]
-struct Wire {
+/// The serialized form of a handle, as written: the descriptor goes through
+/// `handoff::serialize_fd`.
+#[derive(Serialize)]
+#[serde(bound = "M: Map")]
+struct WireOut<'a, M> {
     /// The object's id.
     id: u128,
     /// The header's length.
@@ -173,7 +175,44 @@ struct Wire {
     /// `size_of` the element type.
     elem: u32,
     /// The memfd's token (see `handoff`).
-    fd: FdToken,
+    fd: FdOut<'a, M>,
+}
+
+/// The descriptor of a segment, serialized as its token.
+struct FdOut<'a, M>(&'a Arc<Segment<M>>);
+
+impl<M: Map> Serialize for FdOut<'_, M> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let segment = self.0;
+        handoff::serialize_fd(
+            segment.fd.as_fd(),
+            || -> Keep { segment.clone() },
+            serializer,
+        )
+    }
+}
+
+/// The serialized form of a handle, as read: [`WireOut`]'s fields, the
+/// descriptor taken by `handoff::deserialize_fd`.
+#[derive(Deserialize)]
+struct WireIn {
+    /// The object's id.
+    id: u128,
+    /// The header's length.
+    len: u64,
+    /// `size_of` the element type.
+    elem: u32,
+    /// The descriptor the token named, now this process's.
+    fd: FdIn,
+}
+
+/// A descriptor read from its token.
+struct FdIn(OwnedFd);
+
+impl<'de> Deserialize<'de> for FdIn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        handoff::deserialize_fd(deserializer).map(FdIn)
+    }
 }
 
 impl<M: Map> Segment<M> {
@@ -226,13 +265,11 @@ impl<M: Map> Segment<M> {
         self: &Arc<Self>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        let keep = || -> Keep { self.clone() };
-        let fd = handoff::export(self.fd.as_fd(), keep).map_err(serde::ser::Error::custom)?;
-        Wire {
+        WireOut {
             id: self.id,
             len: self.len,
             elem: self.elem,
-            fd,
+            fd: FdOut(self),
         }
         .serialize(serializer)
     }
@@ -251,13 +288,14 @@ impl<M: Map> Segment<M> {
         kind: Kind,
         elem: u32,
     ) -> Result<Arc<Self>, D::Error> {
-        let wire = Wire::deserialize(deserializer)?;
+        let wire = WireIn::deserialize(deserializer)?;
         Self::open(wire, kind, elem).map_err(serde::de::Error::custom)
     }
 
-    /// The segment a decoded [`Wire`] names (see [`Segment::deserialize`]), or
-    /// what is wrong with it.
-    fn open(wire: Wire, kind: Kind, elem: u32) -> Result<Arc<Self>, String> {
+    /// The segment a decoded [`WireIn`] names (see [`Segment::deserialize`]), or
+    /// what is wrong with it. A mapping this process has already is used (the
+    /// descriptor just taken is then closed again).
+    fn open(wire: WireIn, kind: Kind, elem: u32) -> Result<Arc<Self>, String> {
         let refuse = |what: &str| {
             format!("the handle does not name a shared {kind:?} of {elem}-byte elements: {what}")
         };
@@ -276,7 +314,7 @@ impl<M: Map> Segment<M> {
             }
             return Ok(segment);
         }
-        let fd = handoff::import(wire.fd).map_err(|e| e.to_string())?;
+        let fd = wire.fd.0;
         let map = M::attach(fd.as_fd(), kind.data_len(len)).map_err(|e| refuse(&e.to_string()))?;
         let header = map.header();
         let id = u128::from(header.id[0].load(Ordering::Relaxed))
@@ -375,6 +413,15 @@ mod tests {
     use crate::share::sync::Event;
     use crate::share::value::{SharedArray, SharedValue};
 
+    /// The serialized form of a handle, with its token as is (to forge forms).
+    #[derive(Serialize, Deserialize)]
+    struct Wire {
+        id: u128,
+        len: u64,
+        elem: u32,
+        fd: handoff::FdToken,
+    }
+
     /// The id of a serialized handle.
     fn id_of(bytes: &[u8]) -> u128 {
         postcard::from_bytes::<Wire>(bytes).unwrap().id
@@ -447,6 +494,8 @@ mod tests {
         };
         #[track_caller]
         fn refused(wire: Wire, kind: Kind, elem: u32) -> String {
+            let bytes = postcard::to_allocvec(&wire).unwrap();
+            let wire: WireIn = postcard::from_bytes(&bytes).unwrap();
             Values::open(wire, kind, elem).unwrap_err()
         }
         // Another id than the header's (so no cached mapping answers).

@@ -83,6 +83,7 @@ macro_rules! sync_handle {
         impl $name {
             /// The segment (for tests that follow its file).
             #[cfg(test)]
+            #[allow(dead_code, reason = "only some of the types' tests follow their file")]
             pub(crate) fn segment(&self) -> &Segment<Locked<u8>> {
                 &self.segment
             }
