@@ -71,9 +71,10 @@
 extern crate self as procpool;
 
 pub use procpool_core::{
-    AsyncResult, Bytes, Callbacks, Error, Imap, Inputs, Pool, PoolBuilder, Process, Progress,
-    Receiver, RecvIter, Sender, StreamInputs, Task, WorkerExit, channel, is_worker, task_name,
-    task_names,
+    ArrayGuard, AsyncResult, BARRIER_MAX_PARTIES, Barrier, Bytes, Callbacks, Error, Event, Imap,
+    Inputs, Lock, LockGuard, Pool, PoolBuilder, Process, Progress, Receiver, RecvIter, Semaphore,
+    SemaphoreGuard, Sender, SharedArray, SharedSlice, SharedValue, StreamInputs, Task, ValueGuard,
+    WorkerExit, channel, is_worker, task_name, task_names,
 };
 pub use procpool_macros::{main, pool_task};
 

@@ -62,6 +62,11 @@ pub use caller::result::{AsyncResult, Callbacks, Progress};
 pub use error::{Error, WorkerExit};
 pub use process::is_worker;
 pub use share::channel::{Receiver, RecvIter, Sender, channel};
+pub use share::slice::SharedSlice;
+pub use share::sync::{
+    BARRIER_MAX_PARTIES, Barrier, Event, Lock, LockGuard, Semaphore, SemaphoreGuard,
+};
+pub use share::value::{ArrayGuard, SharedArray, SharedValue, ValueGuard};
 pub use task::Task;
 pub use transport::{
     FrameReceiver, FrameSender, IntoTransport, Link, LinkConfig, Received, Transport,

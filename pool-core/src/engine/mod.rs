@@ -231,7 +231,10 @@ pub(crate) struct Batch {
     /// What the handles in the batch's arguments need kept alive until a worker
     /// has taken them (see `handoff`): the batch lives until it is answered, which
     /// is after its worker decoded them. Empty without handles.
-    #[expect(dead_code, reason = "held, never read: dropping it is what frees the handles")]
+    #[expect(
+        dead_code,
+        reason = "held, never read: dropping it is what frees the handles"
+    )]
     pub(crate) kept: Vec<Keep>,
     /// Taken when the outcome is delivered; see `Drop`. `None` only once the batch
     /// has been answered or disarmed: that is what makes delivery exactly once.

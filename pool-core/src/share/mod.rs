@@ -17,4 +17,15 @@
 //! sync      Lock, Event, Barrier, Semaphore
 //! ```
 
+//!
+//! Handles reach a process that is already running (a pool's worker) with the
+//! arguments of a task: the descriptor is held by the sender and taken by the
+//! receiver, or passed along with a channel message, as the crate's private
+//! `handoff` module documents. The memory of a shared object is freed when the
+//! last handle to it, in any process, is gone.
+
 pub(crate) mod channel;
+pub(crate) mod memory;
+pub(crate) mod slice;
+pub(crate) mod sync;
+pub(crate) mod value;

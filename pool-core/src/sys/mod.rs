@@ -1,6 +1,7 @@
 //! The system calls procpool-core needs that std does not wrap safely: preparing a
 //! worker between `fork` and `exec` (parent-death signal, limits, descriptors), the
-//! scheduling policy of driver threads, and the progress page shared with a worker.
+//! scheduling policy of driver threads, the progress page shared with a worker, and
+//! the shared-memory segments and robust mutexes of `share` (`shm`).
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
@@ -11,6 +12,8 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+pub(crate) mod shm;
 
 use rustix::process::{
     Pid, Resource, Rlimit, Signal, getppid, set_parent_process_death_signal, setrlimit,
@@ -331,6 +334,23 @@ impl Drop for ProgressPage {
     }
 }
 
+/// A close-on-exec duplicate of this process's descriptor `fd`, if it is open
+/// (a handle that names a descriptor of this very process, see `handoff`).
+///
+/// # Errors
+///
+/// `EBADF` if `fd` is not open.
+pub(crate) fn duplicate_raw(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: `F_DUPFD_CLOEXEC` reads no memory; on a number that is not open it fails
+    // with `EBADF`, and an open one, whoever owns it, is only duplicated.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a descriptor the call just made; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,21 +367,4 @@ mod tests {
         drop(twin);
         assert_eq!(page.last_started(), (42, 7), "the page outlives a mapping");
     }
-}
-
-/// A close-on-exec duplicate of this process's descriptor `fd`, if it is open
-/// (a handle that names a descriptor of this very process, see `handoff`).
-///
-/// # Errors
-///
-/// `EBADF` if `fd` is not open.
-pub(crate) fn duplicate_raw(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: `F_DUPFD_CLOEXEC` reads no memory; on a number that is not open it fails
-    // with `EBADF`, and an open one, whoever owns it, is only duplicated.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if new < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `new` is a descriptor the call just made; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
