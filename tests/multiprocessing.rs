@@ -4,7 +4,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use procpool::{Error, Pool, Process, Receiver, Sender, WorkerExit, channel, pool_task};
+use procpool::{
+    Barrier, Error, Event, Lock, Pool, Process, Receiver, Semaphore, Sender, SharedArray,
+    SharedValue, WorkerExit, channel, pool_task,
+};
 
 #[pool_task]
 fn add(a: u64, b: u64) -> u64 {
@@ -296,6 +299,148 @@ fn a_handle_made_in_a_child_comes_back_through_a_channel() {
     tx.send(2).unwrap();
     drop(tx);
     assert_eq!(p.join().unwrap(), 42);
+}
+
+/// Adds 1 to `counter` `times` times under its lock.
+#[pool_task]
+fn increment(counter: SharedValue<u64>, times: u64) -> u64 {
+    for _ in 0..times {
+        *counter.lock() += 1;
+    }
+    times
+}
+
+/// Takes `lock`, says so on `ready`, and sleeps holding it until killed.
+#[pool_task]
+fn hold_lock(lock: Lock, ready: Event) -> u64 {
+    let _held = lock.lock();
+    ready.set();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Locks `value`, says so on `ready`, and sleeps holding the guard until killed.
+#[pool_task]
+fn hold_value(value: SharedValue<u64>, ready: Event) -> u64 {
+    let mut guard = value.lock();
+    *guard = 99;
+    ready.set();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// `passes` passes of `barrier`: in each, one increment of `count`, then the
+/// barrier, then a check that all parties incremented. How many checks held.
+#[pool_task]
+fn meet(barrier: Barrier, count: SharedValue<u64>, parties: u64, passes: u64) -> u64 {
+    let mut held = 0;
+    for pass in 1..=passes {
+        *count.lock() += 1;
+        barrier.wait();
+        if count.get() >= pass * parties {
+            held += 1;
+        }
+        barrier.wait(); // nobody starts the next pass before all have checked
+    }
+    held
+}
+
+/// Waits for `event` up to 30 s; whether it came.
+#[pool_task]
+fn await_event(event: Event) -> bool {
+    event.wait_timeout(Duration::from_secs(30))
+}
+
+/// Holds a permit of `permits` for 20 ms, counting itself in `inside` (slot 0) and
+/// the most ever inside (slot 1).
+#[pool_task]
+fn bounded(permits: Semaphore, inside: SharedArray<u64>) -> u64 {
+    let _permit = permits.acquire();
+    {
+        let mut counts = inside.lock();
+        counts[0] += 1;
+        counts[1] = counts[1].max(counts[0]);
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    inside.lock()[0] -= 1;
+    1
+}
+
+#[test]
+fn four_processes_of_100_000_increments_give_400_000() {
+    let counter = SharedValue::new(0u64).unwrap();
+    let ps: Vec<_> = (0..4)
+        .map(|_| Process::spawn(increment, (counter.clone(), 100_000)).unwrap())
+        .collect();
+    for p in ps {
+        assert_eq!(p.join().unwrap(), 100_000);
+    }
+    assert_eq!(counter.get(), 400_000);
+}
+
+#[test]
+fn a_process_killed_holding_a_lock_does_not_block_the_next_lock() {
+    let lock = Lock::new().unwrap();
+    let ready = Event::new().unwrap();
+    let p = Process::spawn(hold_lock, (lock.clone(), ready.clone())).unwrap();
+    assert!(
+        ready.wait_timeout(Duration::from_secs(30)),
+        "child took the lock"
+    );
+    assert!(lock.try_lock().is_none(), "held by the child");
+    p.kill().unwrap();
+    assert!(matches!(p.join(), Err(Error::WorkerDied { .. })));
+    let guard = lock
+        .lock_timeout(Duration::from_secs(30))
+        .expect("the dead holder's lock is free");
+    assert!(guard.owner_died());
+    drop(guard);
+    assert!(!lock.lock().owner_died(), "recovered once");
+
+    // A guard of a shared value, the same.
+    let value = SharedValue::new(0u64).unwrap();
+    let ready = Event::new().unwrap();
+    let p = Process::spawn(hold_value, (value.clone(), ready.clone())).unwrap();
+    assert!(ready.wait_timeout(Duration::from_secs(30)));
+    p.kill().unwrap();
+    let _ = p.join();
+    let guard = value.lock();
+    assert!(guard.owner_died());
+    assert_eq!(*guard, 99, "what the dead holder wrote stays");
+}
+
+#[test]
+fn barrier_event_and_semaphore_work_across_processes() {
+    let barrier = Barrier::new(3).unwrap();
+    let count = SharedValue::new(0u64).unwrap();
+    let ps: Vec<_> = (0..3)
+        .map(|_| Process::spawn(meet, (barrier.clone(), count.clone(), 3, 50)).unwrap())
+        .collect();
+    for p in ps {
+        assert_eq!(p.join().unwrap(), 50, "every pass saw all three");
+    }
+    assert_eq!(count.get(), 150);
+
+    let event = Event::new().unwrap();
+    let waiter = Process::spawn(await_event, (event.clone(),)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(waiter.is_alive(), "waits for the event");
+    event.set();
+    assert!(waiter.join().unwrap());
+
+    let permits = Semaphore::new(2).unwrap();
+    let inside = SharedArray::<u64>::zeroed(2).unwrap();
+    let ps: Vec<_> = (0..5)
+        .map(|_| Process::spawn(bounded, (permits.clone(), inside.clone())).unwrap())
+        .collect();
+    for p in ps {
+        assert_eq!(p.join().unwrap(), 1);
+    }
+    let counts = inside.to_vec();
+    assert_eq!(counts[0], 0);
+    assert!((1..=2).contains(&counts[1]), "at most 2 inside: {counts:?}");
 }
 
 /// Whether process `pid` is gone: neither running nor a zombie.

@@ -271,7 +271,7 @@ impl<T: Serialize> Sender<T> {
     /// - [`Error::Disconnected`] when no receiver is left, in any process;
     /// - [`Error::Serialization`] if the value does not serialize (a handle inside
     ///   it whose descriptor cannot be shared, say);
-    /// - [`Error::InvalidArgument`] for a message with more than [`MAX_HANDLES`]
+    /// - [`Error::InvalidArgument`] for a message with more than 252 (`MAX_HANDLES`)
     ///   handles in it;
     /// - [`Error::Io`] for what else the system refuses (no memory for a big message).
     pub fn send(&self, value: T) -> Result<(), Error> {

@@ -111,3 +111,38 @@ pub fn wait_for_file(path: &std::path::Path) {
     }
     let _ = std::fs::remove_file(path);
 }
+
+/// Entries in directory `dir` (`/proc/self/fd`: open descriptors; `/proc/self/task`:
+/// threads); `usize::MAX` if it cannot be read.
+pub fn count_entries(dir: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| d.count())
+        .unwrap_or(usize::MAX)
+}
+
+/// Children of this process in state Z (exited, not reaped).
+pub fn zombies() -> usize {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return usize::MAX;
+    };
+    entries
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // pid (comm) state ppid ...: split after the last ')' since comm may hold spaces.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let ppid = fields.next();
+            state == Some("Z") && ppid == Some(me.as_str())
+        })
+        .count()
+}
+
+/// Mappings of this process backed by a `memfd` (lines of `/proc/self/maps`
+/// naming `/memfd:`): shared memory, channel messages, workers' progress pages.
+pub fn memfd_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .map(|maps| maps.lines().filter(|l| l.contains("/memfd:")).count())
+        .unwrap_or(usize::MAX)
+}

@@ -11,30 +11,7 @@ fn double(x: u32) -> u32 {
     x * 2
 }
 
-fn count(dir: &str) -> usize {
-    std::fs::read_dir(dir)
-        .map(|d| d.count())
-        .unwrap_or(usize::MAX)
-}
-
-/// Children of this process in state Z.
-fn zombies() -> usize {
-    let me = std::process::id().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return usize::MAX;
-    };
-    entries
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
-        .filter(|stat| {
-            // pid (comm) state ppid ...: split after the last ')' since comm may hold spaces.
-            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-            let mut fields = rest.split_whitespace();
-            let state = fields.next();
-            let ppid = fields.next();
-            state == Some("Z") && ppid == Some(me.as_str())
-        })
-        .count()
-}
+use procpool_downstream::{count_entries as count, zombies};
 
 fn cycle(transport: Option<&str>) {
     let pool = procpool_downstream::builder_for(transport)
