@@ -16,7 +16,7 @@
 //! A module per scenario family, each opening with what it measures and how:
 //! `throughput.rs` (`map_tiny`, `map_tiny_chunk1`, `imap_stream`), `latency.rs`
 //! (`apply_rtt`, `startup`), `payload.rs` (`payload_1mib`, `payload_64mib`),
-//! `cpu_bound.rs`, `sharing.rs` (`channel_stream`, `channel_rtt`, procpool only), and `reference.rs`: the `raw-pipe` and `rayon` rows measured in the
+//! `cpu_bound.rs`, `sharing.rs` (`channel_stream`, `channel_rtt`, `shared_slice_1gib`, procpool only), and `reference.rs`: the `raw-pipe` and `rayon` rows measured in the
 //! same run (skip them with `--no-reference`).
 //! `benches/compare.sh` runs this next to the Python reference and prints a table.
 
@@ -36,7 +36,7 @@ type Res<T> = Result<T, Box<dyn StdError>>;
 
 /// The shared baseline's scenarios, then `payload_64mib` (procpool only: big
 /// payloads, for choosing a transport) and the channel scenarios (procpool only).
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "map_tiny",
     "map_tiny_chunk1",
     "apply_rtt",
@@ -47,6 +47,7 @@ const SCENARIOS: [&str; 10] = [
     "payload_64mib",
     "channel_stream",
     "channel_rtt",
+    "shared_slice_1gib",
 ];
 
 /// The tiny task of `throughput` and `latency`, and of every pool's warm-up.
@@ -100,6 +101,7 @@ fn run() -> Res<()> {
             "payload_64mib" => payload::payload_64mib(&bench)?,
             "channel_stream" => sharing::channel_stream(&bench)?,
             "channel_rtt" => sharing::channel_rtt(&bench)?,
+            "shared_slice_1gib" => sharing::shared_slice_1gib(&bench)?,
             _ => unreachable!("scenario names are checked by parse_args"),
         }
         log(&format!(

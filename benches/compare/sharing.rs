@@ -144,3 +144,69 @@ pub(crate) fn channel_rtt(bench: &Bench) -> Res<()> {
     }
     Ok(())
 }
+
+/// `f64`s in `shared_slice_1gib`'s data: 1 GiB.
+const SLICE_VALUES: usize = 1 << 27;
+/// Tasks of `shared_slice_1gib`, each summing all of the data.
+const SLICE_TASKS: usize = 4;
+
+/// The sum of a shared slice, read where it is mapped.
+#[pool_task]
+fn sum_shared(data: procpool::SharedSlice<f64>) -> f64 {
+    data.iter().sum()
+}
+
+/// The sum of the same values sent as bytes (little-endian `f64`s).
+#[pool_task]
+fn sum_bytes(data: procpool::Bytes) -> f64 {
+    data.chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .sum()
+}
+
+pub(crate) fn shared_slice_1gib(bench: &Bench) -> Res<()> {
+    let values: Vec<f64> = (0..SLICE_VALUES).map(|i| (i % 1000) as f64).collect();
+    let expected: f64 = values.iter().sum();
+    let gib = (SLICE_TASKS * SLICE_VALUES * 8) as f64 / (1u64 << 30) as f64;
+    // Room for a 1 GiB argument in one frame (the default cap is 1 GiB in all).
+    let pool = bench.warm(bench.builder().max_frame_size(3 << 29).build()?)?;
+    let created = std::time::Instant::now();
+    let shared = procpool::SharedSlice::from_slice(&values)?;
+    let create_ms = created.elapsed().as_secs_f64() * 1e3;
+    let (best, times, sums) = bench
+        .best_time(|| Ok(pool.map_chunked(sum_shared, vec![shared.clone(); SLICE_TASKS], 1)?))?;
+    assert!(sums.iter().all(|s| *s == expected));
+    let rate = gib / best;
+    log(&format!(
+        "shared_slice_1gib: {rate:.2} GiB/s handed to tasks  ({SLICE_TASKS} tasks each summing \
+         1 GiB; made in {create_ms:.0} ms; {})",
+        fmt_times(&times)
+    ));
+    bench.emit("shared_slice_1gib", "throughput", rate, "GiB/s");
+    bench.emit("shared_slice_1gib", "create", create_ms, "ms");
+    drop(shared);
+    if bench.reference {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        drop(values);
+        let bytes = procpool::Bytes::from(bytes);
+        let (best, times, sums) = bench.best_time(|| {
+            Ok(pool.map_chunked(sum_bytes, std::iter::repeat_n(&bytes, SLICE_TASKS), 1)?)
+        })?;
+        assert!(sums.iter().all(|s| *s == expected));
+        let rate = gib / best;
+        log(&format!(
+            "shared_slice_1gib[bytes-arg]: {rate:.2} GiB/s handed to tasks  (the same data as \
+             `Bytes` to every task; {})",
+            fmt_times(&times)
+        ));
+        emit(
+            bench,
+            "bytes-arg",
+            "shared_slice_1gib",
+            "throughput",
+            rate,
+            "GiB/s",
+        );
+    }
+    crate::shutdown(pool)
+}

@@ -147,14 +147,25 @@ fn new_memfd(name: &str, total: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Copies `values` to the data of `raw`, a writable mapping of a memfd made by
-/// this process that no other has seen yet.
-fn fill<T: Pod>(raw: &Raw, values: &[T]) {
-    let bytes: &[u8] = bytemuck::cast_slice(values);
-    // SAFETY: the mapping holds `segment_size(values.len())` bytes, so the data has
-    // room for `bytes`; the memfd is fresh, nothing else can see or write it; a
-    // caller's slice never overlaps a mapping made just now.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), raw.data(), bytes.len()) };
+/// Writes `values` to the data of `fd`, a memfd made by this process that no
+/// other has seen yet, with `pwrite` before it is mapped: the kernel fills the
+/// file's pages directly, where a copy into a fresh mapping takes a page fault per
+/// page (1 GiB: 3.2 s copied into a fresh mapping, 0.65 s written, on a 2-core VM).
+fn fill<T: Pod>(fd: BorrowedFd<'_>, values: &[T]) -> io::Result<()> {
+    let mut bytes: &[u8] = bytemuck::cast_slice(values);
+    let mut offset = data_offset() as u64;
+    while !bytes.is_empty() {
+        match rustix::io::pwrite(fd, bytes, offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                offset += n as u64;
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Checks that `fd` carries at least `seals` and is `total` bytes.
@@ -200,10 +211,10 @@ impl<T: Pod> Locked<T> {
     ) -> io::Result<(OwnedFd, Locked<T>)> {
         let total = segment_size::<T>(len)?;
         let fd = new_memfd(name, total)?;
-        let raw = Raw::map(fd.as_fd(), total, true)?;
         if let Some(values) = values {
-            fill(&raw, &values[..len.min(values.len())]);
+            fill(fd.as_fd(), &values[..len.min(values.len())])?;
         }
+        let raw = Raw::map(fd.as_fd(), total, true)?;
         header(raw.header());
         init_robust_mutex(raw.header().mutex.get())?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)?;
@@ -465,8 +476,8 @@ impl<T: Pod> Frozen<T> {
     ) -> io::Result<(OwnedFd, Frozen<T>)> {
         let total = segment_size::<T>(values.len())?;
         let fd = new_memfd(name, total)?;
+        fill(fd.as_fd(), values)?;
         let raw = Raw::map(fd.as_fd(), total, true)?;
-        fill(&raw, values);
         header(raw.header());
         // F_SEAL_WRITE is refused while a writable shared mapping exists.
         drop(raw);
