@@ -42,6 +42,44 @@
 //! - A worker dies with its parent (`PR_SET_PDEATHSIG` plus end-of-file on its pipe);
 //!   dropping a [`Pool`] kills and reaps its workers.
 //!
+//! # Processes, channels and shared memory
+//!
+//! The rest of Python's `multiprocessing`: [`Process`] runs one task in a child of
+//! its own and [`join`](Process::join) returns its value; [`channel`] gives typed
+//! [`Sender`]s and [`Receiver`]s (Python's `Pipe` and `Queue`); [`SharedValue`],
+//! [`SharedArray`] and [`SharedSlice`] are shared memory; [`Lock`], [`Event`],
+//! [`Barrier`] and [`Semaphore`] work across processes. Every handle is an ordinary
+//! argument of `Process::spawn` and of pool tasks, and every copy is the same object:
+//!
+//! ```rust,standalone_crate
+//! use procpool::{pool_task, channel, Process, Sender, SharedValue};
+//!
+//! /// Adds `n` to `total` under its lock, then reports on `done`.
+//! #[pool_task]
+//! fn add(total: SharedValue<u64>, n: u64, done: Sender<u64>) -> u64 {
+//!     *total.lock() += n;
+//!     done.send(n).expect("the parent listens");
+//!     n * 10
+//! }
+//!
+//! fn main() -> Result<(), procpool::Error> {
+//!     procpool::init();
+//!     let total = SharedValue::new(0u64)?;
+//!     let (done, reports) = channel::<u64>()?;
+//!     let children = (1..=3)
+//!         .map(|n| Process::spawn(add, (total.clone(), n, done.clone())))
+//!         .collect::<Result<Vec<_>, _>>()?;
+//!     drop(done); // the reports end when the children's senders are gone
+//!     let mut reported: Vec<u64> = reports.iter().collect();
+//!     reported.sort();
+//!     assert_eq!(reported, [1, 2, 3]);
+//!     let values = children.into_iter().map(Process::join).collect::<Result<Vec<_>, _>>()?;
+//!     assert_eq!(values, [10, 20, 30]);
+//!     assert_eq!(total.get(), 6);
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # Errors are values
 //!
 //! A task that panics gives [`Error::TaskPanicked`] with the message, the item index
