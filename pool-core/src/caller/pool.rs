@@ -297,6 +297,54 @@ impl PoolBuilder {
     /// - [`Error::Startup`] if some worker has not answered within
     ///   `startup_timeout` plus 5 s.
     pub fn build(self) -> Result<Pool, Error> {
+        let config = self.config()?;
+        let (processes, startup_timeout) = (config.processes, config.link.startup_timeout);
+        let shared = Arc::new(Engine::new(config));
+        let pool = Pool {
+            shared: Arc::clone(&shared),
+            drivers: Mutex::new(Drivers::default()),
+            joined: Condvar::new(),
+        };
+        let (started_tx, started_rx) = mpsc::channel();
+        for slot in 0..processes {
+            let shared = Arc::clone(&shared);
+            let started = started_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("procpool-driver-{slot}"))
+                .spawn(move || engine::drive(shared, slot, started))?;
+            let mut drivers = lock(&pool.drivers);
+            drivers.ids.push(handle.thread().id());
+            drivers.handles.push(handle);
+        }
+        drop(started_tx);
+        let mut first_error = None;
+        for _ in 0..processes {
+            match started_rx.recv_timeout(startup_timeout + Duration::from_secs(5)) {
+                Ok(Ok(_pid)) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(Error::Startup(format!(
+                        "workers did not start within {startup_timeout:?}"
+                    )));
+                    break;
+                }
+            }
+        }
+        match first_error {
+            None => Ok(pool),
+            Some(e) => Err(e), // dropping `pool` terminates and reaps what did start
+        }
+    }
+
+    /// The checked configuration of a pool built from this builder (also what a
+    /// `Process` is launched with, from a builder of one process).
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build), but for the workers' own failures.
+    pub(crate) fn config(self) -> Result<Config, Error> {
         let processes = match self.processes {
             Some(0) => {
                 return Err(Error::InvalidArgument(
@@ -346,7 +394,7 @@ impl PoolBuilder {
                 .first()
                 .ok_or_else(|| Error::InvalidArgument("no transport is compiled in".into()))?,
         };
-        let shared = Arc::new(Engine::new(Config {
+        Ok(Config {
             processes,
             transport,
             launch: Arc::new(crate::engine::LocalLaunch),
@@ -362,44 +410,7 @@ impl PoolBuilder {
             batch_drivers: crate::sys::builds_batch_drivers(),
             memory_limit: self.memory_limit,
             secret: crate::transport::random_secret()?,
-        }));
-        let pool = Pool {
-            shared: Arc::clone(&shared),
-            drivers: Mutex::new(Drivers::default()),
-            joined: Condvar::new(),
-        };
-        let (started_tx, started_rx) = mpsc::channel();
-        for slot in 0..processes {
-            let shared = Arc::clone(&shared);
-            let started = started_tx.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("procpool-driver-{slot}"))
-                .spawn(move || engine::drive(shared, slot, started))?;
-            let mut drivers = lock(&pool.drivers);
-            drivers.ids.push(handle.thread().id());
-            drivers.handles.push(handle);
-        }
-        drop(started_tx);
-        let mut first_error = None;
-        for _ in 0..processes {
-            match started_rx.recv_timeout(self.startup_timeout + Duration::from_secs(5)) {
-                Ok(Ok(_pid)) => {}
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_error.get_or_insert(Error::Startup(format!(
-                        "workers did not start within {:?}",
-                        self.startup_timeout
-                    )));
-                    break;
-                }
-            }
-        }
-        match first_error {
-            None => Ok(pool),
-            Some(e) => Err(e), // dropping `pool` terminates and reaps what did start
-        }
+        })
     }
 }
 

@@ -32,12 +32,10 @@ use serde::de::DeserializeOwned;
 use super::encode::push_argument;
 use super::pool::entry_of;
 use super::result::decode_one;
-use crate::engine::{Config, LocalLaunch, Reply, Solo, lock};
+use crate::engine::{Config, Reply, Solo, lock};
 use crate::error::{Error, WorkerExit};
 use crate::handoff;
-use crate::process;
 use crate::task::Task;
-use crate::transport::LinkConfig;
 
 /// A task running in a child process of its own: see the module for how.
 ///
@@ -334,33 +332,12 @@ impl<R> fmt::Debug for Process<R> {
     }
 }
 
-/// The configuration a process's child is launched with: a pool's defaults, one
-/// worker, the default transport, a secret of its own.
+/// The configuration a process's child is launched with: a pool's defaults for one
+/// worker (the default transport, a secret of its own).
 ///
 /// # Errors
 ///
-/// Those of `process::transports` (no `init()`), and [`Error::Io`] if the secret
-/// cannot be drawn.
+/// Those of `PoolBuilder::config`: no `init()`, no secret.
 fn config() -> Result<Config, Error> {
-    let transports = process::transports()?;
-    let transport = *transports
-        .first()
-        .ok_or_else(|| Error::InvalidArgument("no transport is compiled in".into()))?;
-    Ok(Config {
-        processes: 1,
-        transport,
-        launch: Arc::new(LocalLaunch),
-        link: LinkConfig {
-            max_frame: crate::wire::protocol::DEFAULT_MAX_FRAME,
-            startup_timeout: Duration::from_secs(20),
-        },
-        max_tasks_per_child: None,
-        max_memory_per_child: None,
-        initializer: None,
-        task_timeout: None,
-        retry_lost_tasks: 0,
-        batch_drivers: false,
-        memory_limit: None,
-        secret: crate::transport::random_secret()?,
-    })
+    super::pool::PoolBuilder::default().processes(1).config()
 }
