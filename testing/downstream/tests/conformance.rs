@@ -354,18 +354,25 @@ fn parent_death(s: Setup) {
     );
 }
 
-fn no_leaks_after_a_thousand_pools(s: Setup) {
-    let out = Command::new(env!("CARGO_BIN_EXE_leak_cycles"))
-        .arg("1000")
+/// Runs helper program `bin` with `args` on the transport of `s`; the numbers of
+/// its one-line report, and the line.
+fn report(bin: &str, args: &[&str], s: Setup) -> (Vec<usize>, String) {
+    let out = Command::new(bin)
+        .args(args)
         .env("PROCPOOL_TEST_TRANSPORT", s.transport)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
-    let n: Vec<usize> = text
+    let numbers = text
         .split_whitespace()
         .filter_map(|w| w.parse().ok())
         .collect();
+    (numbers, text)
+}
+
+fn no_leaks_after_a_thousand_pools(s: Setup) {
+    let (n, text) = report(env!("CARGO_BIN_EXE_leak_cycles"), &["1000"], s);
     let [
         fds_before,
         fds_after,
@@ -696,16 +703,7 @@ fn shared_memory_in_pool_tasks(setup: Setup) {
 /// the descriptors and memfd mappings it held before, `/dev/shm` is as it was, and
 /// no child is a zombie.
 fn shared_objects_leave_nothing_behind(s: Setup) {
-    let out = Command::new(env!("CARGO_BIN_EXE_share_leaks"))
-        .env("PROCPOOL_TEST_TRANSPORT", s.transport)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let n: Vec<usize> = text
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
+    let (n, text) = report(env!("CARGO_BIN_EXE_share_leaks"), &[], s);
     let [fds, fds_after, maps, maps_after, shm, shm_after, zombies] = n[..] else {
         panic!("unexpected report: {text}");
     };
