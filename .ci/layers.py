@@ -11,16 +11,18 @@ import re
 import sys
 
 SRC = pathlib.Path(__file__).resolve().parent.parent / "pool-core" / "src"
-LAYERS = {"caller", "engine", "wire", "worker", "share"}
+LAYERS = {"caller", "engine", "wire", "worker", "share", "cluster"}
 # Which layer may import which: the root modules (error, sync, sys, task, transport,
 # bytes, runtime, lib) are shared helpers and the public face.
 ALLOWED = {
-    "caller": {"engine", "wire", "share"},
+    "caller": {"engine", "wire", "share", "cluster"},
     "engine": {"wire"},
     "worker": {"wire"},
     "wire": set(),
     # Channels, shared memory and locks: built on the root's handoff and sys alone.
     "share": set(),
+    # Rank 0's remote workers and the node agent: launched and driven through the engine.
+    "cluster": {"engine", "wire"},
 }
 # The root modules are shared helpers (error, sync, sys, task, transport, bytes) and
 # import no layer; `process` (what init recorded) reads the wire's marker; `lib` is

@@ -116,6 +116,10 @@ pub use procpool_core::{
 };
 pub use procpool_macros::{main, pool_task};
 
+/// Pools across the hosts of an MPI job (feature `mpi`): [`cluster::agents`] tells
+/// whether this process leads one; [`cluster::Fabric`] is for cluster transports.
+pub use procpool_core::cluster;
+
 /// The pipe transport crate.
 #[cfg(feature = "pipe")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pipe")))]
@@ -175,6 +179,12 @@ impl procpool_core::IntoTransport for Transport {
 /// it returns at once. `#[procpool::main]` calls it for you.
 pub fn init() {
     procpool_core::init(TRANSPORTS);
+    // A rank of an MPI job: rank 0 goes on as the program, the others become node
+    // agents here and never return.
+    #[cfg(feature = "mpi")]
+    if let Some(fabric) = procpool_transport_mpi::detect() {
+        procpool_core::cluster::join(fabric);
+    }
 }
 
 /// Lets the integration tests of this file create pools.

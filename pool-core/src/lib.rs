@@ -41,6 +41,7 @@
 
 mod bytes;
 mod caller;
+pub mod cluster;
 mod engine;
 mod error;
 mod handoff;

@@ -352,7 +352,12 @@ impl PoolBuilder {
                 ));
             }
             Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // Locally the machine's parallelism; on rank 0 of a cluster job, the
+            // agents' parallelism summed.
+            None => crate::cluster::remote::cluster().map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |c| c.parallelism(),
+            ),
         };
         if self.max_frame < 2 * HEADER_ROOM || self.max_frame > u32::MAX as usize {
             return Err(Error::InvalidArgument(format!(
@@ -394,14 +399,17 @@ impl PoolBuilder {
                 .first()
                 .ok_or_else(|| Error::InvalidArgument("no transport is compiled in".into()))?,
         };
+        let link = LinkConfig {
+            max_frame: self.max_frame,
+            startup_timeout: self.startup_timeout,
+        };
+        let mut config = Config::local(transport, link, crate::transport::random_secret()?);
+        // On rank 0 of a cluster job, workers start on the agents.
+        if crate::cluster::remote::cluster().is_some() {
+            config.launch = Arc::new(crate::cluster::remote::RemoteLaunch);
+        }
         Ok(Config {
             processes,
-            transport,
-            launch: Arc::new(crate::engine::LocalLaunch),
-            link: LinkConfig {
-                max_frame: self.max_frame,
-                startup_timeout: self.startup_timeout,
-            },
             max_tasks_per_child: self.max_tasks_per_child,
             max_memory_per_child: self.max_memory_per_child,
             initializer,
@@ -409,7 +417,7 @@ impl PoolBuilder {
             retry_lost_tasks: self.retry_lost_tasks,
             batch_drivers: crate::sys::builds_batch_drivers(),
             memory_limit: self.memory_limit,
-            secret: crate::transport::random_secret()?,
+            ..config
         })
     }
 }

@@ -339,5 +339,8 @@ impl<R> fmt::Debug for Process<R> {
 ///
 /// Those of `PoolBuilder::config`: no `init()`, no secret.
 fn config() -> Result<Config, Error> {
-    super::pool::PoolBuilder::default().processes(1).config()
+    let mut config = super::pool::PoolBuilder::default().processes(1).config()?;
+    // A process is a child of this one, also on rank 0 of a cluster job.
+    config.launch = Arc::new(crate::engine::LocalLaunch);
+    Ok(config)
 }

@@ -107,6 +107,28 @@ pub(crate) struct Config {
     pub(crate) secret: u128,
 }
 
+impl Config {
+    /// A configuration of one local worker over `transport`, with no options: the
+    /// base a pool builder fills in, and what a cluster agent starts its workers
+    /// with (after setting the pool's memory limit).
+    pub(crate) fn local(transport: &'static dyn Transport, link: LinkConfig, secret: u128) -> Self {
+        Config {
+            processes: 1,
+            transport,
+            launch: Arc::new(LocalLaunch),
+            link,
+            max_tasks_per_child: None,
+            max_memory_per_child: None,
+            initializer: None,
+            task_timeout: None,
+            retry_lost_tasks: 0,
+            batch_drivers: false,
+            memory_limit: None,
+            secret,
+        }
+    }
+}
+
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")

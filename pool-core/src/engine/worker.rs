@@ -57,6 +57,13 @@ pub(crate) trait Worker: Send + fmt::Debug {
         Some(0)
     }
 
+    /// What its progress page says (the frame and the item it last started), if it
+    /// has one: what a cluster agent reports of a worker that died, so that rank 0
+    /// can answer [`started`](Self::started) for it.
+    fn progress(&self) -> Option<(u64, u32)> {
+        None
+    }
+
     /// Its resident memory in bytes, if it can be read (`max_memory_per_child`).
     ///
     /// Read after every reply while the pool has that limit: it should be cheap.
@@ -178,6 +185,10 @@ impl Worker for LocalWorker {
         };
         let (frame, item) = page.last_started();
         (frame == id).then_some(item)
+    }
+
+    fn progress(&self) -> Option<(u64, u32)> {
+        self.progress.as_ref().map(ProgressPage::last_started)
     }
 
     /// The second field of `/proc/<pid>/statm` (resident pages) times the page size:

@@ -351,6 +351,17 @@ pub(crate) fn duplicate_raw(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
+/// Runs `handler` when the process exits normally (`exit`, a return from `main`),
+/// after the program's own exit handlers registered later: rank 0 of a cluster job
+/// ends the job there. A handler that cannot be registered is reported on stderr.
+pub(crate) fn at_exit(handler: extern "C" fn()) {
+    // SAFETY: `atexit` stores a function pointer to call at exit; `handler` is a
+    // plain `extern "C" fn()` with no captured state, valid for the whole process.
+    if unsafe { libc::atexit(handler) } != 0 {
+        eprintln!("procpool: could not register an exit handler");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

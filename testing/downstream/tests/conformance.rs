@@ -713,6 +713,82 @@ fn shared_objects_leave_nothing_behind(s: Setup) {
     assert_eq!(zombies, 0, "{text}");
 }
 
+/// Returns `n`, unless it is 13: then the worker segfaults (SIGSEGV).
+#[pool_task]
+fn segfault_at_13(n: u64) -> u64 {
+    if n == 13 {
+        let me = rustix::process::getpid();
+        let _ = rustix::process::kill_process(me, rustix::process::Signal::SEGV);
+    }
+    n
+}
+
+/// A task that segfaults and one that runs past its time limit end only their
+/// own worker: the errors say so, and the pool (on MPI: the job) goes on.
+fn crashes_and_time_limits_kill_only_their_worker(setup: Setup) {
+    let pool = setup.pool(2);
+    let err = pool.map_chunked(segfault_at_13, 0..20u64, 1).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::WorkerDied {
+                exit: WorkerExit::Signal(11),
+                index: 13,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(pool.map(square, vec![4u64]).unwrap(), vec![16]);
+    let timed = setup
+        .builder()
+        .processes(2)
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let err = timed.apply(nap, (20_000u64,)).unwrap_err();
+    assert!(matches!(err, Error::Timeout { pid: Some(_), .. }), "{err}");
+    assert_eq!(timed.apply(nap, (1u64,)).unwrap(), 1);
+    // With retries, the lost item runs again on a fresh worker.
+    let retried = setup
+        .builder()
+        .processes(2)
+        .retry_lost_tasks(1)
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("procpool-once-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_name = dir.to_string_lossy().into_owned();
+    assert_eq!(retried.apply(crash_once, (dir_name, 100u64)).unwrap(), 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Under `mpirun` (with `PROCPOOL_EXPECT_AGENTS` set to the number of agents) the
+/// pools' workers are the agents' children, not this process's; without it there
+/// is no cluster and they are ours.
+fn workers_are_where_the_job_puts_them(setup: Setup) {
+    let expected: usize = std::env::var("PROCPOOL_EXPECT_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(procpool::cluster::agents(), expected);
+    let pool = setup.pool(2);
+    assert_eq!(pool.map(square, vec![3u64]).unwrap(), vec![9]);
+    for pid in pool.pids() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let ppid: u32 = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap();
+        assert_eq!(
+            ppid == std::process::id(),
+            expected == 0,
+            "worker {pid}'s parent {ppid}"
+        );
+    }
+}
+
 macro_rules! conformance_suite {
     ($($(#[$cfg:meta])* $name:ident;)*) => {$(
         $(#[$cfg])*
@@ -739,6 +815,8 @@ macro_rules! conformance_suite {
             #[test] fn channel_ends_travel_to_pool_tasks() { super::channel_ends_travel_to_pool_tasks(S) }
             #[test] fn shared_memory_in_pool_tasks() { super::shared_memory_in_pool_tasks(S) }
             #[test] fn shared_objects_leave_nothing_behind() { super::shared_objects_leave_nothing_behind(S) }
+            #[test] fn workers_are_where_the_job_puts_them() { super::workers_are_where_the_job_puts_them(S) }
+            #[test] fn crashes_and_time_limits_kill_only_their_worker() { super::crashes_and_time_limits_kill_only_their_worker(S) }
         }
     )*};
 }
