@@ -81,8 +81,8 @@ fn main() {
 fn run() -> Res<()> {
     let (bench, scenarios) = parse_args()?;
     log(&format!(
-        "procpool-{}: {} CPUs, processes={}, start_method=reexec, repeat={}",
-        bench.name,
+        "{}: {} CPUs, processes={}, start_method=reexec, repeat={}",
+        bench.impl_name(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         bench.processes,
         bench.repeat
@@ -198,7 +198,13 @@ fn emit(bench: &Bench, who: &str, scenario: &str, metric: &str, value: f64, unit
 }
 
 impl Bench {
+    /// `procpool-pipe`, `procpool-ipc`, or `procpool-mpi` when run as rank 0 of an
+    /// MPI job (built with `--features mpi`, started by `mpirun`): the pools'
+    /// workers are then the agents' local workers, the frames relayed over MPI.
     fn impl_name(&self) -> String {
+        if procpool::cluster::agents() > 0 {
+            return "procpool-mpi".to_owned();
+        }
         format!("procpool-{}", self.name)
     }
 

@@ -11,10 +11,12 @@
 //! `MPI_THREAD_SERIALIZED`, which only one thread ever uses): it sends what the
 //! pool's threads queued, with `MPI_Isend`, receiving all the while until the send
 //! completes (two ranks sending big messages to each other at once would deadlock
-//! with blocking sends), and receives whatever `MPI_Improbe` finds. When nothing
-//! moves it sleeps on the queue with a timeout that doubles from 20 µs to 1 ms, so
-//! an idle rank does not burn a core (Open MPI's blocking receive busy-polls) while
-//! a busy one answers in microseconds; a queued message wakes it at once.
+//! with blocking sends), and receives whatever `MPI_Improbe` finds. For 500 µs
+//! after it last moved a message it keeps polling (yielding between polls), so a
+//! conversation in progress is answered in microseconds; then it sleeps on the
+//! queue with a timeout that doubles from 20 µs to 1 ms, so an idle rank does not
+//! burn a core (Open MPI's blocking receive busy-polls). A queued message wakes it
+//! at once.
 //!
 //! # Detection
 //!
@@ -74,6 +76,10 @@ const LAUNCHERS: [&str; 8] = [
 /// first message after a pause, and what keeps its CPU use near zero (a wake-up
 /// per millisecond).
 const IDLE_MAX: Duration = Duration::from_millis(1);
+/// How long a pump keeps polling (yielding the CPU between polls) after it last
+/// moved a message, before it starts to sleep: a conversation in progress — an
+/// `apply` after an `apply` — is answered in microseconds, not after a sleep.
+const HOT: Duration = Duration::from_micros(500);
 /// The first sleep of a pump that found nothing to do; each empty round doubles
 /// it up to [`IDLE_MAX`], and any message moved resets it.
 const IDLE_MIN: Duration = Duration::from_micros(20);
@@ -243,6 +249,7 @@ fn pump(queues: &Queues, ready: &mpsc::Sender<Result<(usize, usize), String>>) {
     let world = universe.world();
     let _ = ready.send(Ok((world.rank() as usize, world.size() as usize)));
     let mut idle = IDLE_MIN;
+    let mut active = Instant::now();
     loop {
         let mut moved = receive_all(&world, queues);
         let next = {
@@ -250,6 +257,11 @@ fn pump(queues: &Queues, ready: &mpsc::Sender<Result<(usize, usize), String>>) {
             match outgoing.queue.pop_front() {
                 Some(message) => Some(message),
                 None if outgoing.finishing => break,
+                None if !moved && active.elapsed() < HOT => {
+                    drop(outgoing);
+                    std::thread::yield_now();
+                    None
+                }
                 None => {
                     if !moved {
                         outgoing = queues
@@ -269,6 +281,7 @@ fn pump(queues: &Queues, ready: &mpsc::Sender<Result<(usize, usize), String>>) {
         }
         if moved {
             idle = IDLE_MIN;
+            active = Instant::now();
         }
     }
     drop(world);
