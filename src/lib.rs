@@ -101,6 +101,10 @@
 //!   picks ipc; `default-features = false, features = ["ipc"]` compiles no pipe code.
 //! - `progress`: progress bars drawn with indicatif (`Pool::map_progress`,
 //!   `Imap::progress_bar`).
+//! - `mpi`: the same program across the hosts of an MPI job. Started by `mpirun`,
+//!   rank 0 runs `main` and the other ranks become node agents inside [`init()`],
+//!   running the pools' workers as local processes ([`cluster`];
+//!   `procpool_transport_mpi`). Needs an MPI installation to build.
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -8,8 +8,9 @@
 //!
 //! # Layout
 //!
-//! The folders are the design; imports run one way, caller → engine → wire and
-//! worker → wire (checked in CI by `.ci/layers.py`):
+//! The folders are the design; imports run one way, caller → engine → wire,
+//! caller → share, caller → cluster → engine, and worker → wire (checked in CI by
+//! `.ci/layers.py`):
 //!
 //! ```text
 //! caller/   what the user holds: Pool, PoolBuilder, map/starmap/apply, AsyncResult,
@@ -20,6 +21,8 @@
 //!           environment marker
 //! worker/   what runs in a worker process: init(), the serve loop, the batch
 //!           runner and its panic hook
+//! share/    what processes share besides a pool: channels, shared memory, locks
+//! cluster/  a job of several ranks: rank 0's remote workers, the node agent
 //! ```
 //!
 //! At the root sit the pieces every side shares: [`Error`] (`error`), the [`Task`]
