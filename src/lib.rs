@@ -99,6 +99,8 @@
 //! - `ipc`: servo's ipc-channel ([`ipc`] module, `Transport::Ipc`). With both
 //!   features, pipe is the default and `Pool::builder().transport(Transport::Ipc)`
 //!   picks ipc; `default-features = false, features = ["ipc"]` compiles no pipe code.
+//! - `shm`: shared-memory rings (`shm` module, `Transport::Shm`): a memfd mapped by
+//!   the pool and the worker, a short spin then an eventfd wait.
 //! - `progress`: progress bars drawn with indicatif (`Pool::map_progress`,
 //!   `Imap::progress_bar`).
 //! - `mpi`: the same program across the hosts of an MPI job. Started by `mpirun`,
@@ -134,12 +136,19 @@ pub use procpool_transport_pipe as pipe;
 #[cfg_attr(docsrs, doc(cfg(feature = "ipc")))]
 pub use procpool_transport_ipc as ipc;
 
+/// The shared-memory transport crate.
+#[cfg(feature = "shm")]
+#[cfg_attr(docsrs, doc(cfg(feature = "shm")))]
+pub use procpool_transport_shm as shm;
+
 /// The transports compiled into this build, the default first.
 static TRANSPORTS: &[&dyn procpool_core::Transport] = &[
     #[cfg(feature = "pipe")]
     &procpool_transport_pipe::PIPE,
     #[cfg(feature = "ipc")]
     &procpool_transport_ipc::IPC,
+    #[cfg(feature = "shm")]
+    &procpool_transport_shm::SHM,
 ];
 
 /// Which transport a pool uses: one variant per compiled-in transport.
@@ -163,6 +172,11 @@ pub enum Transport {
     #[cfg(feature = "ipc")]
     #[cfg_attr(docsrs, doc(cfg(feature = "ipc")))]
     Ipc,
+    /// Shared-memory rings in a memfd with eventfd wake-ups (the default only
+    /// when neither `pipe` nor `ipc` is compiled in).
+    #[cfg(feature = "shm")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "shm")))]
+    Shm,
 }
 
 impl procpool_core::IntoTransport for Transport {
@@ -172,6 +186,8 @@ impl procpool_core::IntoTransport for Transport {
             Transport::Pipe => &procpool_transport_pipe::PIPE,
             #[cfg(feature = "ipc")]
             Transport::Ipc => &procpool_transport_ipc::IPC,
+            #[cfg(feature = "shm")]
+            Transport::Shm => &procpool_transport_shm::SHM,
         }
     }
 }

@@ -114,7 +114,7 @@ fn run() -> Res<()> {
 }
 
 fn parse_args() -> Res<(Bench, Vec<String>)> {
-    const USAGE: &str = "usage: compare [--transport pipe|ipc] [--processes N] [--repeat R] \
+    const USAGE: &str = "usage: compare [--transport pipe|ipc|shm] [--processes N] [--repeat R] \
                          [--no-reference] [SCENARIO...]";
     let (mut processes, mut repeat, mut transport) = (2, 3, "pipe".to_owned());
     let (mut reference, mut scenarios) = (true, Vec::new());
@@ -140,10 +140,10 @@ fn parse_args() -> Res<(Bench, Vec<String>)> {
         }
     }
     let (transport, name) = match transport.as_str() {
-        "pipe" | "ipc" => compiled(&transport).ok_or(format!(
+        "pipe" | "ipc" | "shm" => compiled(&transport).ok_or(format!(
             "transport `{transport}` is not compiled in: build with `--features {transport}`"
         ))?,
-        other => Err(format!("unknown transport `{other}`: pipe or ipc"))?,
+        other => Err(format!("unknown transport `{other}`: pipe, ipc or shm"))?,
     };
     if scenarios.is_empty() {
         scenarios = SCENARIOS.iter().map(|s| s.to_string()).collect();
@@ -175,6 +175,10 @@ fn compiled(name: &str) -> Option<(Transport, &'static str)> {
     #[cfg(feature = "ipc")]
     if name == "ipc" {
         return Some((Transport::Ipc, "ipc"));
+    }
+    #[cfg(feature = "shm")]
+    if name == "shm" {
+        return Some((Transport::Shm, "shm"));
     }
     let _ = name;
     None

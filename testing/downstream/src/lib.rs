@@ -44,7 +44,7 @@ pub fn summarize(record: Record, weight: i16) -> (u32, usize, i64) {
     )
 }
 
-/// A pool builder on the transport called `name` (`"pipe"`, `"ipc"`), or on the
+/// A pool builder on the transport called `name` (`"pipe"`, `"ipc"`, `"shm"`), or on the
 /// default transport for `None`.
 pub fn builder_for(name: Option<&str>) -> Result<procpool::PoolBuilder, procpool::Error> {
     let builder = procpool::Pool::builder();
@@ -54,6 +54,8 @@ pub fn builder_for(name: Option<&str>) -> Result<procpool::PoolBuilder, procpool
         Some("pipe") => builder.transport(procpool::Transport::Pipe),
         #[cfg(feature = "ipc")]
         Some("ipc") => builder.transport(procpool::Transport::Ipc),
+        #[cfg(feature = "shm")]
+        Some("shm") => builder.transport(procpool::Transport::Shm),
         Some(other) => {
             return Err(procpool::Error::InvalidArgument(format!(
                 "transport `{other}` is not compiled in"

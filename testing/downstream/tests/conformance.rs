@@ -826,4 +826,6 @@ conformance_suite! {
     pipe;
     #[cfg(feature = "ipc")]
     ipc;
+    #[cfg(feature = "shm")]
+    shm;
 }
