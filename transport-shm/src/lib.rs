@@ -514,3 +514,132 @@ impl Drop for ShmReceiver {
         let _ = rustix::io::write(&self.side.peer_bell, &1u64.to_ne_bytes());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Both ends of one ring pair inside this process: `(pool, worker)` links.
+    fn pair(max_frame: usize) -> (Link, Link, Arc<Mapping>) {
+        let memfd = rustix::fs::memfd_create("shm-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&memfd, (2 * RING_BYTES) as u64).unwrap();
+        let map = Arc::new(Mapping::new(memfd.as_fd(), 2 * RING_BYTES).unwrap());
+        let (a, b) = (new_bell().unwrap(), new_bell().unwrap());
+        let (a2, b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+        let config = LinkConfig {
+            max_frame,
+            startup_timeout: Duration::from_secs(5),
+        };
+        let pool = Arc::new(Side {
+            map: Arc::clone(&map),
+            outbound: TO_WORKER,
+            inbound: FROM_WORKER,
+            bell: a,
+            peer_bell: b,
+            peer: None,
+        });
+        let worker = Arc::new(Side {
+            map: Arc::clone(&map),
+            outbound: FROM_WORKER,
+            inbound: TO_WORKER,
+            bell: b2,
+            peer_bell: a2,
+            peer: None,
+        });
+        (link(pool, config), link(worker, config), map)
+    }
+
+    #[test]
+    fn frames_of_every_size_arrive_whole_and_in_order() {
+        let (pool, worker, _map) = pair(16 * RING);
+        let sizes = [0usize, 1, 3, 4095, RING - 4, RING, 3 * RING + 17];
+        let mut sender = pool.sender;
+        let writer = std::thread::spawn(move || {
+            for (k, &n) in sizes.iter().enumerate() {
+                let frame: Vec<u8> = (0..n).map(|i| (i * 31 + k) as u8).collect();
+                sender.send(&[&frame[..n / 2], &frame[n / 2..]]).unwrap();
+            }
+        });
+        let mut receiver = worker.receiver;
+        let mut buf = Vec::new();
+        for (k, &n) in sizes.iter().enumerate() {
+            assert_eq!(receiver.recv(&mut buf, None).unwrap(), Received::Frame);
+            assert_eq!(buf.len(), n);
+            assert!(
+                buf.iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == (i * 31 + k) as u8)
+            );
+        }
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn the_end_of_the_stream_and_time_limits() {
+        let (pool, worker, _map) = pair(1 << 20);
+        let (mut sender, mut receiver) = (pool.sender, worker.receiver);
+        let mut buf = Vec::new();
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert_eq!(
+            receiver.recv(&mut buf, Some(soon)).unwrap(),
+            Received::TimedOut
+        );
+        sender.send(&[b"last"]).unwrap();
+        drop(sender);
+        assert_eq!(receiver.recv(&mut buf, None).unwrap(), Received::Frame);
+        assert_eq!(buf, b"last");
+        assert_eq!(receiver.recv(&mut buf, None).unwrap(), Received::Closed);
+        // A writer whose reader is gone fails once the ring is full.
+        let (pool, worker, _map) = pair(4 * RING);
+        drop(worker.receiver);
+        let mut sender = pool.sender;
+        let big = vec![0u8; 2 * RING];
+        assert!(matches!(sender.send(&[&big]), Err(Error::Io(_))));
+    }
+
+    #[test]
+    fn a_frame_over_the_cap_is_refused_both_ways() {
+        let (pool, worker, map) = pair(100);
+        let mut sender = pool.sender;
+        assert!(matches!(
+            sender.send(&[&[0u8; 101]]),
+            Err(Error::Protocol(_))
+        ));
+        // A length over the cap written by a hostile writer.
+        assert!(map.write_at(TO_WORKER + HEADER, &1000u32.to_le_bytes()));
+        map.u64_at(TO_WORKER + HEAD)
+            .unwrap()
+            .store(4, Ordering::SeqCst);
+        let mut receiver = worker.receiver;
+        let mut buf = Vec::new();
+        assert!(matches!(
+            receiver.recv(&mut buf, None),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever positions and bytes a hostile writer leaves in the ring, a read
+        /// ends — a frame, the end of the stream, a time-out or a protocol error —
+        /// without a panic or a read outside the mapping.
+        #[test]
+        fn hostile_rings_never_panic(
+            head in any::<u64>(),
+            tail in any::<u64>(),
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+            closed in any::<bool>(),
+        ) {
+            let (_pool, worker, map) = pair(1 << 16);
+            prop_assert!(map.write_at(TO_WORKER + HEADER + (tail % RING as u64) as usize % (RING - 64), &bytes));
+            map.u64_at(TO_WORKER + HEAD).unwrap().store(head, Ordering::SeqCst);
+            map.u64_at(TO_WORKER + TAIL).unwrap().store(tail, Ordering::SeqCst);
+            map.u32_at(TO_WORKER + WRITER_CLOSED).unwrap().store(u32::from(closed), Ordering::SeqCst);
+            let mut receiver = worker.receiver;
+            let mut buf = Vec::new();
+            let deadline = Instant::now() + Duration::from_millis(5);
+            let _ = receiver.recv(&mut buf, Some(deadline));
+        }
+    }
+}
