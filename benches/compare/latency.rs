@@ -96,3 +96,38 @@ pub(crate) fn startup(bench: &Bench) -> Res<()> {
     bench.emit("startup", "first_result", best, "ms");
     Ok(())
 }
+
+/// Seconds an idle pool is watched in `idle_cpu`.
+const IDLE_SECONDS: u64 = 2;
+
+/// CPU time (user + system, in clock ticks) of process `pid`, from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: &str) -> Res<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3 of stat(5), utime 14 and stime 15.
+    let tick = |i: usize| -> Res<u64> { Ok(fields.get(i - 3).ok_or("short stat")?.parse()?) };
+    Ok(tick(14)? + tick(15)?)
+}
+
+/// `idle_cpu` (procpool only): a warmed pool left idle for 2 s; the CPU its
+/// process (callers and drivers) and its workers used meanwhile, in % of one core
+/// (from `/proc/*/stat`, 10 ms ticks: 1 tick over 2 s is 0.5 %).
+pub(crate) fn idle_cpu(bench: &Bench) -> Res<()> {
+    let pool = bench.pool()?;
+    let pids: Vec<String> = std::iter::once("self".to_owned())
+        .chain(pool.pids().iter().map(u32::to_string))
+        .collect();
+    let total = |pids: &[String]| -> Res<u64> { pids.iter().map(|p| cpu_ticks(p)).sum() };
+    let before = total(&pids)?;
+    std::thread::sleep(std::time::Duration::from_secs(IDLE_SECONDS));
+    let used = total(&pids)? - before;
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let percent = used as f64 / ticks_per_s / IDLE_SECONDS as f64 * 100.0;
+    log(&format!(
+        "idle_cpu: {percent:.1} % of a core  ({used} ticks over {IDLE_SECONDS} s, the pool's process and its {} workers)",
+        pids.len() - 1
+    ));
+    bench.emit("idle_cpu", "cpu", percent, "%");
+    shutdown(pool)
+}

@@ -36,7 +36,7 @@ type Res<T> = Result<T, Box<dyn StdError>>;
 
 /// The shared baseline's scenarios, then `payload_64mib` (procpool only: big
 /// payloads, for choosing a transport) and the channel scenarios (procpool only).
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "map_tiny",
     "map_tiny_chunk1",
     "apply_rtt",
@@ -48,6 +48,7 @@ const SCENARIOS: [&str; 11] = [
     "channel_stream",
     "channel_rtt",
     "shared_slice_1gib",
+    "idle_cpu",
 ];
 
 /// The tiny task of `throughput` and `latency`, and of every pool's warm-up.
@@ -102,6 +103,7 @@ fn run() -> Res<()> {
             "channel_stream" => sharing::channel_stream(&bench)?,
             "channel_rtt" => sharing::channel_rtt(&bench)?,
             "shared_slice_1gib" => sharing::shared_slice_1gib(&bench)?,
+            "idle_cpu" => latency::idle_cpu(&bench)?,
             _ => unreachable!("scenario names are checked by parse_args"),
         }
         log(&format!(
