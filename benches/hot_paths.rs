@@ -86,10 +86,11 @@ fn headers(c: &mut Criterion) {
 
 /// The transports compiled into this bench, by name.
 fn transports() -> Vec<(&'static str, Transport)> {
-    let mut all = vec![("pipe", Transport::Pipe)];
-    #[cfg(feature = "ipc")]
-    all.push(("ipc", Transport::Ipc));
-    all
+    vec![
+        ("pipe", Transport::Pipe),
+        #[cfg(feature = "ipc")]
+        ("ipc", Transport::Ipc),
+    ]
 }
 
 fn pools(c: &mut Criterion) {

@@ -21,6 +21,13 @@ fn slow_pid(_item: u32) -> u32 {
     std::process::id()
 }
 
+/// Its worker and its item, after 10 ms.
+#[pool_task]
+fn slow_item(item: u32) -> (u32, u32) {
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    (std::process::id(), item)
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Point {
     x: i32,
@@ -73,6 +80,29 @@ fn work_runs_in_every_worker_process() {
         seen, workers,
         "each of the 4 workers ran items, and only they did"
     );
+}
+
+#[test]
+fn the_last_chunk_of_a_map_of_slow_items_is_shared_by_both_workers() {
+    let pool = Pool::new(2).unwrap();
+    let workers: BTreeSet<u32> = pool.pids().into_iter().collect();
+    // Warm up: one item a chunk, so that both drivers time the task.
+    pool.map_chunked(slow_item, 0..8u32, 1).unwrap();
+    // A single chunk of 16 items: taken whole, one worker would run all of it while
+    // the other idles. Guided scheduling cuts it as the queue is short.
+    let ran = pool.map_chunked(slow_item, 0..16u32, 16).unwrap();
+    let items: Vec<u32> = ran.iter().map(|&(_, item)| item).collect();
+    assert_eq!(
+        items,
+        (0..16).collect::<Vec<_>>(),
+        "in input order, once each"
+    );
+    for pid in &workers {
+        let mine = ran.iter().filter(|(p, _)| p == pid).count();
+        assert!(mine >= 4, "worker {pid} ran {mine} of 16 items: {ran:?}");
+    }
+    let seen: BTreeSet<u32> = ran.iter().map(|&(pid, _)| pid).collect();
+    assert_eq!(seen, workers);
 }
 
 #[test]

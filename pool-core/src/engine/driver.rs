@@ -70,6 +70,17 @@ const GROUP_BUDGET: Duration = Duration::from_micros(200);
 /// [`Connection::ahead_frame`].
 const GROUP_MAX_ITEMS: usize = 4096;
 
+/// A batch taken from a short queue (guided scheduling, [`Engine::next`]) is cut
+/// only if it is expected to take at least this long, by the pace of the last frame
+/// of its task on this driver: a cut costs a round trip, which must be small beside
+/// what it spreads over the workers…
+const GUIDED_ABOVE: Duration = Duration::from_millis(2);
+
+/// …and only if its items take at least this long each: batches of tiny items are
+/// left whole (they are grouped and sent ahead instead, and a cut would scan many
+/// lengths under the queue's lock).
+const GUIDED_MIN_ITEM: Duration = Duration::from_micros(100);
+
 /// The body of driver thread `slot`. Reports the first worker's start-up through
 /// `started`, then serves the queue until the pool closes.
 ///
@@ -160,6 +171,10 @@ pub(super) struct Driver<'e> {
     /// Items per frame for that task (see [`group_size`]). 1, no grouping, at first
     /// and again once the worker is lost or refuses a group.
     group_items: usize,
+    /// The task of the last frame answered and its time per item: what
+    /// [`slow`](Self::slow) judges a batch of that task by. `None` before the first
+    /// reply.
+    pace: Option<(&'static str, Duration)>,
     /// Since when the frame now at the front has been there.
     ///
     /// Set when a frame goes to an idle worker and at every reply, so the time to
@@ -190,6 +205,7 @@ impl<'e> Driver<'e> {
             occupied: false,
             quick: None,
             group_items: 1,
+            pace: None,
             busy_since: Instant::now(),
             link: None,
         }
@@ -232,6 +248,18 @@ impl<'e> Driver<'e> {
         };
         self.set_occupied(true);
         stop
+    }
+
+    /// Whether `batch` is slow enough to be cut when taken from a short queue
+    /// ([`Engine::next`]): its task is the one of the last reply, whose items took at
+    /// least [`GUIDED_MIN_ITEM`] each, and at that pace the batch takes at least
+    /// [`GUIDED_ABOVE`]. A task this driver has not timed yet is never cut.
+    fn slow(pace: Option<(&'static str, Duration)>, batch: &Batch) -> bool {
+        pace.is_some_and(|(task, per_item)| {
+            task == batch.task
+                && per_item >= GUIDED_MIN_ITEM
+                && per_item.saturating_mul(batch.count) >= GUIDED_ABOVE
+        })
     }
 
     /// Records whether this driver has work in flight (see [`Engine::set_occupied`]).
@@ -296,7 +324,8 @@ impl<'e> Driver<'e> {
             };
             let next = if self.in_flight.is_empty() {
                 self.link = None;
-                engine.next()
+                let pace = self.pace;
+                engine.next(|b| Self::slow(pace, b))
             } else {
                 match self.quick.filter(|_| allowance > 0) {
                     Some(task) => engine.try_next(|b| b.task == task && b.payload.len() <= ahead),
@@ -412,6 +441,7 @@ impl<'e> Driver<'e> {
                 let took = now - self.busy_since;
                 self.quick = (took < SEND_AHEAD_BELOW).then_some(group[0].task);
                 self.group_items = group_size(took, count);
+                self.pace = Some((group[0].task, took / count.max(1)));
                 self.busy_since = now;
                 complete(group, conn.pid, outcome);
                 if let Some(limit) = engine.config.max_memory_per_child {
@@ -1012,6 +1042,74 @@ mod tests {
         assert_ok(&heard[2], 2, &[4]);
         assert_eq!(launch.launched(), 3);
         stop(&engine, drivers);
+    }
+
+    /// The replies `sink` heard once they cover `items` items, sorted by first index.
+    fn heard_items(sink: &Record, items: usize) -> Heard {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got: usize = lock(&sink.heard)
+                .iter()
+                .map(|(_, r)| r.as_ref().map_or(0, Vec::len))
+                .sum();
+            if got >= items {
+                return heard(sink, 0);
+            }
+            assert!(Instant::now() < until, "only {got} of {items} items");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_slow_batch_taken_from_a_short_queue_is_cut_and_answered_in_order_once() {
+        let (engine, _launch, drivers) = engine(2, |_| {});
+        let nap = name_of("nap");
+        // Warm up, so that both drivers know the task to be slow (3 ms an item).
+        let warm = Arc::new(Record::default());
+        let batches: Vec<Batch> = (0..6u32)
+            .map(|k| batch(nap, 2 * k as usize, &[2 * k, 2 * k + 1], &warm))
+            .collect();
+        engine.submit(batches).unwrap();
+        heard_items(&warm, 12);
+        // One batch of 12 items, with nothing else queued: the driver that takes it
+        // keeps 6 and puts the rest back, which is cut again in turn.
+        let sink = Arc::new(Record::default());
+        let items: Vec<u32> = (100..112).collect();
+        engine.submit([batch(nap, 100, &items, &sink)]).unwrap();
+        heard_items(&sink, 12);
+        stop(&engine, drivers);
+        let heard = heard(&sink, 0);
+        assert!(heard.len() > 1, "the batch was not cut: {heard:?}");
+        let mut next = 100;
+        for (first, values) in &heard {
+            assert_eq!(
+                *first, next,
+                "parts cover the batch once, in order: {heard:?}"
+            );
+            let values = values.as_ref().unwrap();
+            let expected: Vec<u32> = (next as u32..).take(values.len()).collect();
+            assert_eq!(values, &expected);
+            next += values.len();
+        }
+        assert_eq!(next, 112);
+    }
+
+    #[test]
+    fn a_batch_of_quick_items_is_not_cut() {
+        let (engine, _launch, drivers) = engine(2, |_| {});
+        let square = name_of("square");
+        let warm = Arc::new(Record::default());
+        let batches: Vec<Batch> = (0..20u32)
+            .map(|k| batch(square, k as usize, &[k], &warm))
+            .collect();
+        engine.submit(batches).unwrap();
+        heard(&warm, 20);
+        let sink = Arc::new(Record::default());
+        let items: Vec<u32> = (0..3000).collect();
+        engine.submit([batch(square, 0, &items, &sink)]).unwrap();
+        heard_items(&sink, 3000);
+        stop(&engine, drivers);
+        assert_eq!(heard(&sink, 0).len(), 1, "one reply: the batch went whole");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! process running the real serve loop (`worker::serve::Server`) over an in-memory
 //! link, with a real progress page. A worker "dies" when its link is cut: by the
 //! test ([`ThreadLaunch::kill_newest`]) or by the task [`die`] at item 7, which cuts
-//! it and then never returns, as a process killed in the middle of an item.
+//! it and then never returns, as a process killed in the middle of an item. The
+//! task [`nap`] is the slow one, for guided scheduling.
 //!
 //! The handshake checks the worker's pid, so every fake worker names this process.
 
@@ -29,6 +30,13 @@ thread_local! {
 /// Squares its item.
 pub(super) fn square(n: u32) -> u32 {
     n * n
+}
+
+/// Returns `n` after 3 ms: a task slow enough for guided scheduling to cut its
+/// batches (see `Engine::next`).
+pub(super) fn nap(n: u32) -> u32 {
+    std::thread::sleep(Duration::from_millis(3));
+    n
 }
 
 /// Returns `n`, but at 7 cuts its worker's link and never returns: the worker is
@@ -65,6 +73,15 @@ static DIE: TaskEntry = TaskEntry::new(
     concat!(module_path!(), "::die"),
     || type_id_of_val(&die),
     |batch| crate::worker::batch::run_batch::<(u32,), _>(die, batch),
+);
+
+/// The registry entry of [`nap`], as [`SQUARE`]'s.
+#[allow(unsafe_code)] // as above
+#[linkme::distributed_slice(TASKS)]
+static NAP: TaskEntry = TaskEntry::new(
+    concat!(module_path!(), "::nap"),
+    || type_id_of_val(&nap),
+    |batch| crate::worker::batch::run_batch::<(u32,), _>(nap, batch),
 );
 
 /// Frames out, until the link is cut.

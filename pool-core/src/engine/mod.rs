@@ -6,7 +6,9 @@
 //! `driver`). `apply` may borrow an idle driver's worker from the calling thread
 //! (`Engine::run_direct`). A worker that dies, breaks the protocol or runs past the
 //! task time limit is reaped and replaced by the same driver, and the batch it held
-//! gets an error. Every batch reaches its sink exactly once — run, failed, or
+//! gets an error. Near the end of a call, a driver taking a slow batch from a
+//! short queue keeps only its share and puts the rest back (guided scheduling,
+//! [`Engine::next`]). Every batch reaches its sink exactly once — run, failed, or
 //! dropped from the queue by `terminate` (see `Drop for Batch`) — so a caller
 //! waiting on results is always woken: nothing waits forever.
 //!
@@ -252,11 +254,8 @@ pub(crate) struct Batch {
     pub(crate) solo: bool,
     /// What the handles in the batch's arguments need kept alive until a worker
     /// has taken them (see `handoff`): the batch lives until it is answered, which
-    /// is after its worker decoded them. Empty without handles.
-    #[expect(
-        dead_code,
-        reason = "held, never read: dropping it is what frees the handles"
-    )]
+    /// is after its worker decoded them. Empty without handles; a batch with
+    /// handles is never cut ([`Batch::split_front`]), its only read.
     pub(crate) kept: Vec<Keep>,
     /// Taken when the outcome is delivered; see `Drop`. `None` only once the batch
     /// has been answered or disarmed: that is what makes delivery exactly once.
@@ -292,6 +291,45 @@ impl Batch {
             pid,
             outcome,
         })
+    }
+}
+
+impl Batch {
+    /// Cuts the batch after its first `keep` items: `self` keeps those, and the
+    /// rest comes back as a batch of its own (guided scheduling, see
+    /// [`Engine::next`]). `None`, and the batch unchanged, if `keep` leaves nothing
+    /// on one side, if the batch holds handles (their [`kept`](Batch::kept) must
+    /// live as long as both parts), or if its payload does not hold `keep` items.
+    ///
+    /// The rest is the same call's: same task, [`job`](Batch::job) and sink, the
+    /// same [`retries`](Batch::retries), [`restarts`](Batch::restarts) and
+    /// [`solo`](Batch::solo), its [`first_index`](Batch::first_index) `keep` items
+    /// on. Both parts are answered once each, and the sink places results by
+    /// index, so the call sees its items once and in order. The payload is cut at an
+    /// item boundary found by scanning `keep` lengths; nothing is decoded.
+    fn split_front(&mut self, keep: u32) -> Option<Batch> {
+        if keep == 0 || keep >= self.count || !self.kept.is_empty() {
+            return None;
+        }
+        let mut items = crate::wire::protocol::Items::new(&self.payload);
+        for _ in 0..keep {
+            items.next_item().ok()??;
+        }
+        let at = self.payload.len() - items.remaining();
+        let rest = Batch {
+            task: self.task,
+            first_index: self.first_index + keep as usize,
+            count: self.count - keep,
+            payload: self.payload.split_off(at),
+            job: Arc::clone(&self.job),
+            retries: self.retries,
+            restarts: self.restarts,
+            solo: self.solo,
+            kept: Vec::new(),
+            sink: self.sink.clone(),
+        };
+        self.count = keep;
+        Some(rest)
     }
 }
 
@@ -819,7 +857,18 @@ impl Engine {
     /// [`State::waiting`]. After `close` it still hands out what is queued (drivers
     /// finish the queue); once the pool terminates, `None` at once. Cancelled
     /// batches met on the way are dropped.
-    fn next(&self) -> Option<Batch> {
+    ///
+    /// Guided scheduling at the end of a call: when fewer batches are left queued
+    /// than there are drivers running (so some will soon be idle), a batch of 2
+    /// items or more that `slow` says is worth it (the driver knows its task to be
+    /// slow, see `Driver::slow`) is cut ([`Batch::split_front`]): the driver takes
+    /// `ceil(count / running)` items and the rest goes back to the head of the
+    /// queue, where an idle driver (woken if one sleeps) takes it, cutting it again
+    /// under the same rule. So the last items of a call spread over the workers
+    /// instead of running behind one another on one. The cut is made under the
+    /// lock; it scans item lengths and copies the rest's bytes, and happens only
+    /// while the queue is that short.
+    fn next(&self, slow: impl Fn(&Batch) -> bool) -> Option<Batch> {
         // Declared first, so dropped after the lock: a dropped batch tells its sink.
         let mut cancelled = Vec::new();
         let mut state = lock(&self.state);
@@ -827,9 +876,23 @@ impl Engine {
             if self.is_terminating() {
                 return None;
             }
-            while let Some(batch) = state.queue.pop_front() {
+            while let Some(mut batch) = state.queue.pop_front() {
                 if !batch.job.is_cancelled() {
+                    let running = state.running;
+                    let short = running > 1 && state.queue.len() < running;
+                    let mut woken = false;
+                    if short && batch.count >= 2 && slow(&batch) {
+                        let parts = u32::try_from(running).unwrap_or(u32::MAX);
+                        let keep = batch.count.div_ceil(parts).max(1);
+                        if let Some(rest) = batch.split_front(keep) {
+                            state.queue.push_front(rest);
+                            woken = state.waiting > 0;
+                        }
+                    }
                     drop(state);
+                    if woken {
+                        self.work.notify_one();
+                    }
                     drop(cancelled);
                     return Some(batch);
                 }
@@ -1013,6 +1076,54 @@ mod tests {
             assert_eq!(parts[2], [Vec::<u8>::new()]);
             assert_eq!(parts[3], [b"cd".to_vec(), b"e".to_vec()]);
         }
+    }
+
+    #[test]
+    fn a_batch_is_cut_at_an_item_boundary() {
+        let big = [7u8; 300]; // a two-byte length
+        let items: [&[u8]; 4] = [b"a", &big, b"", b"cd"];
+        let mut payload = Vec::new();
+        for item in items {
+            protocol::push_item::<()>(&mut payload, |b| {
+                b.extend_from_slice(item);
+                Ok(())
+            })
+            .unwrap();
+        }
+        let mut batch = Batch {
+            task: "t",
+            first_index: 10,
+            count: 4,
+            payload: payload.clone(),
+            job: Arc::new(Call::default()),
+            retries: 1,
+            restarts: 2,
+            solo: true,
+            kept: Vec::new(),
+            sink: None,
+        };
+        assert!(batch.split_front(0).is_none());
+        assert!(batch.split_front(4).is_none());
+        let rest = batch.split_front(2).unwrap();
+        assert_eq!((batch.first_index, batch.count), (10, 2));
+        assert_eq!((rest.first_index, rest.count), (12, 2));
+        assert_eq!((rest.retries, rest.restarts, rest.solo), (1, 2, true));
+        assert!(Arc::ptr_eq(&rest.job, &batch.job));
+        let mut joined = batch.payload.clone();
+        joined.extend_from_slice(&rest.payload);
+        assert_eq!(joined, payload);
+        let read = |p: &[u8]| {
+            let mut items = protocol::Items::new(p);
+            std::iter::from_fn(|| items.next_item().unwrap().map(<[u8]>::to_vec))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(read(&batch.payload), [b"a".to_vec(), big.to_vec()]);
+        assert_eq!(read(&rest.payload), [Vec::new(), b"cd".to_vec()]);
+        // A payload short of the items it claims is left whole.
+        let mut short = rest;
+        short.count = 5;
+        assert!(short.split_front(3).is_none());
+        assert_eq!(short.count, 5);
     }
 
     #[test]
