@@ -25,6 +25,22 @@
 //!
 //! The child gets the `memfd` on descriptor 3 and the two `eventfd`s on 4 (its
 //! own) and 6 (the pool's); `PROCPOOL_SHM_FDS` says so.
+//!
+//! # Memory order
+//!
+//! The writer copies bytes into the ring, then stores the new write position
+//! (`SeqCst`); the reader loads the write position (`Acquire`) before it copies
+//! the bytes out, and stores its read position (`SeqCst`) after, which the writer
+//! loads (`Acquire`) before it reuses the space. A sleeper stores its flag
+//! (`SeqCst`) and checks the positions once more before it sleeps; the other side
+//! stores its position (`SeqCst`) and then loads the flag (`SeqCst`): of the two,
+//! one always sees the other, so a wake-up is never lost (the usual Dekker pair).
+//!
+//! # What it costs
+//!
+//! Two 1 MiB rings and a header page each per worker (a little over 2 MiB of
+//! memory, touched only as far as frames reach), three descriptors in the pool and
+//! three in the worker, and a pidfd on each side.
 
 mod sys;
 
@@ -251,7 +267,7 @@ impl Side {
             // Spin a little, then let whatever else is runnable on this core run:
             // on a loaded machine the other side may be waiting for this very CPU.
             round += 1;
-            if round % 64 == 0 {
+            if round.is_multiple_of(64) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -318,6 +334,11 @@ struct ShmSender {
 
 impl ShmSender {
     /// Writes `bytes` into the ring as room allows, publishing as it goes.
+    ///
+    /// Each copy is the largest piece that fits before the end of the ring and in
+    /// the room the reader left; the new position is published after each, so a
+    /// reader copies a big frame out while the rest is still being written, and a
+    /// frame of any size needs no more than the ring.
     ///
     /// # Errors
     ///
@@ -438,6 +459,11 @@ impl ShmReceiver {
 
     /// Fills `out` from the ring, waiting for bytes until `deadline` (`None` once a
     /// frame has begun: the rest comes, or the writer is gone).
+    ///
+    /// Mirror of [`ShmSender::write_all`]: the largest piece readable before the end
+    /// of the ring, then the read position published and the writer woken if it
+    /// sleeps for room. A position the writer left past the ring's size is a
+    /// protocol error, not a read.
     fn read_exact(&self, out: &mut [u8], mut deadline: Option<Instant>) -> Result<Read, Error> {
         let side = &*self.side;
         let ring = side.inbound;

@@ -1,5 +1,11 @@
 //! The system calls of the shared-memory transport that need `unsafe`: the shared
 //! mapping of the rings, and the descriptors placed in and adopted by the worker.
+//!
+//! The mapping is the only memory both processes write. Its accessors check every
+//! offset and length against the mapping's size, so that nothing the other process
+//! writes into the rings (positions, lengths) can make this one read or write
+//! outside it; the values read may be anything, and the callers treat them as
+//! untrusted.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -60,7 +66,7 @@ impl Mapping {
 
     /// The `AtomicU64` at `offset` (8-aligned, inside the mapping), or `None`.
     pub(crate) fn u64_at(&self, offset: usize) -> Option<&AtomicU64> {
-        (offset % 8 == 0 && offset.checked_add(8)? <= self.len).then(|| {
+        (offset.is_multiple_of(8) && offset.checked_add(8)? <= self.len).then(|| {
             // SAFETY: in bounds and aligned (the mapping is page-aligned); an
             // `AtomicU64` may alias memory another process writes atomically; it
             // lives as long as `&self`.
@@ -70,7 +76,7 @@ impl Mapping {
 
     /// The `AtomicU32` at `offset` (4-aligned, inside the mapping), or `None`.
     pub(crate) fn u32_at(&self, offset: usize) -> Option<&AtomicU32> {
-        (offset % 4 == 0 && offset.checked_add(4)? <= self.len).then(|| {
+        (offset.is_multiple_of(4) && offset.checked_add(4)? <= self.len).then(|| {
             // SAFETY: as `u64_at`.
             unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU32>() }
         })
