@@ -185,3 +185,43 @@ impl IntoTransport for &'static dyn Transport {
         self
     }
 }
+
+/// What a descriptor placed for a worker is, for [`adopt`]: checked with `fstat`
+/// before the worker takes it, so that a process started otherwise, with something
+/// else open on that number, refuses it instead of owning a descriptor of other code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// A pipe end.
+    Pipe,
+    /// A regular file (a `memfd`).
+    File,
+    /// Neither: an `eventfd`, a socket, ... (an anonymous inode).
+    Other,
+}
+
+/// Makes the child that `command` starts find each descriptor `from` of this
+/// process on its number `to` (`dup2` between `fork` and `exec`), for a transport's
+/// [`spawn`](Transport::spawn). Keep the `from` descriptors open until the spawn
+/// returns, and put them above every `to` (`fcntl(F_DUPFD_CLOEXEC, 10)`), so that
+/// placing one cannot clobber another. Descriptors 3, 4 and 6 and up are the
+/// transport's (5 is procpool's own progress page).
+pub fn place_on_exec(command: &mut Command, pairs: &[(&std::os::fd::OwnedFd, std::os::fd::RawFd)]) {
+    crate::sys::place_on_exec(command, pairs);
+}
+
+/// In a worker, in [`connect`](Transport::connect): takes descriptor `fd`, placed
+/// by the transport's spawn, if it is what `kind` says, and makes it close-on-exec
+/// (programs a task starts do not inherit it). Once per descriptor.
+///
+/// # Errors
+///
+/// `EBADF` if it is not open, `InvalidInput` if it is of another kind, or the
+/// `fcntl` error.
+pub fn adopt(fd: std::os::fd::RawFd, kind: Placed) -> std::io::Result<std::os::fd::OwnedFd> {
+    let kind = match kind {
+        Placed::Pipe => rustix::fs::FileType::Fifo,
+        Placed::File => rustix::fs::FileType::RegularFile,
+        Placed::Other => rustix::fs::FileType::Unknown,
+    };
+    crate::sys::adopt(fd, kind)
+}

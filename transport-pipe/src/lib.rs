@@ -24,7 +24,7 @@
 //!    the program starts (another worker included) inherits an end, and copies the
 //!    child's two ends to descriptors numbered 10 or more: clear of 3, 4 and 5, so
 //!    no `dup2` in the child overwrites a descriptor still to be copied from.
-//! 2. A pre-exec hook (`sys::place_on_exec`) `dup2`s those copies onto 3 and 4 in
+//! 2. A pre-exec hook (`procpool_core::transport::place_on_exec`) `dup2`s those copies onto 3 and 4 in
 //!    the forked child; the copies `dup2` makes lack close-on-exec, so of all the
 //!    pipes' ends they are the only ones the new program finds. procpool-core's own
 //!    hook runs earlier (it is registered first): it marks every inherited
@@ -55,7 +55,7 @@ use std::os::fd::OwnedFd;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use procpool_core::transport::{sigpipe_blocked, watch};
+use procpool_core::transport::{Placed, sigpipe_blocked, watch};
 use procpool_core::{Error, FrameReceiver, FrameSender, Link, LinkConfig, Received, Transport};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::{Errno, fcntl_dupfd_cloexec};
@@ -110,7 +110,13 @@ impl Transport for PipeTransport {
         let child_read = fcntl_dupfd_cloexec(&to_worker_r, 10).map_err(std::io::Error::from)?;
         let child_write = fcntl_dupfd_cloexec(&from_worker_w, 10).map_err(std::io::Error::from)?;
         drop((to_worker_r, from_worker_w));
-        sys::place_on_exec(&mut command, &child_read, &child_write);
+        procpool_core::transport::place_on_exec(
+            &mut command,
+            &[
+                (&child_read, sys::WORKER_READ_FD),
+                (&child_write, sys::WORKER_WRITE_FD),
+            ],
+        );
         command.env(
             FDS_ENV,
             format!("{},{}", sys::WORKER_READ_FD, sys::WORKER_WRITE_FD),
@@ -135,7 +141,8 @@ impl Transport for PipeTransport {
                 "{FDS_ENV} is not `{expected}`: not started by a pipe transport"
             )));
         }
-        let (read, write) = sys::adopt_worker_fds()?;
+        let read = procpool_core::transport::adopt(sys::WORKER_READ_FD, Placed::Pipe)?;
+        let write = procpool_core::transport::adopt(sys::WORKER_WRITE_FD, Placed::Pipe)?;
         Ok(link(read, write, config, true))
     }
 }

@@ -1,28 +1,14 @@
-//! The system calls the pipe transport needs that std does not wrap safely: placing
-//! the worker's pipe ends on fixed descriptors across `exec`, adopting them in
-//! the worker, and writing with `SIGPIPE` blocked.
+//! The system calls the pipe transport needs that std does not wrap safely: writing
+//! with `SIGPIPE` blocked ([`without_sigpipe`], with [`sigpipe_set`] and
+//! [`discard_pending_sigpipe`]), and the descriptor numbers of the worker's pipe
+//! ends (placed and adopted through `procpool_core::transport::{place_on_exec,
+//! adopt}`, which hold that `unsafe` once for every transport).
 //!
 //! The crate denies `unsafe` code everywhere else; this module allows it, and each
-//! block says why it is sound. Three groups:
-//!
-//! - in the parent, between `fork` and `exec`: [`place_on_exec`] registers a hook
-//!   that [`place`]s the child's ends on [`WORKER_READ_FD`] and [`WORKER_WRITE_FD`];
-//!   only async-signal-safe system calls are allowed there, so the hook allocates
-//!   nothing and takes no lock;
-//! - in the worker, once: [`adopt_worker_fds`] turns the raw descriptors 3 and 4
-//!   into [`OwnedFd`]s, after checking that they are pipes;
-//! - around a write from a thread that does not keep `SIGPIPE` blocked:
-//!   [`without_sigpipe`], with [`sigpipe_set`] and [`discard_pending_sigpipe`].
+//! block says why it is sound.
 #![allow(unsafe_code)]
 
-use std::io;
-use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
-
-use rustix::fs::{FileType, fstat};
-use rustix::io::{FdFlags, dup2, fcntl_setfd};
+use std::os::fd::RawFd;
 
 /// Descriptor on which a worker reads requests.
 ///
@@ -31,98 +17,6 @@ use rustix::io::{FdFlags, dup2, fcntl_setfd};
 pub(crate) const WORKER_READ_FD: RawFd = 3;
 /// Descriptor on which a worker writes replies.
 pub(crate) const WORKER_WRITE_FD: RawFd = 4;
-
-/// Makes the child started by `command` find `read` on [`WORKER_READ_FD`] and
-/// `write` on [`WORKER_WRITE_FD`]. Both must be above 4 (so placing one cannot
-/// clobber the other) and stay open until the child is spawned.
-///
-/// Only the raw numbers are moved into the hook: the parent keeps ownership, and
-/// the forked child sees the same descriptors under the same numbers. A failing
-/// `dup2` fails the hook, and with it `Command::spawn`, with that error.
-///
-/// # Panics
-///
-/// In debug builds, if `read` or `write` is 4 or below (a `debug_assert!`).
-pub(crate) fn place_on_exec(command: &mut Command, read: &OwnedFd, write: &OwnedFd) {
-    let (read, write) = (read.as_raw_fd(), write.as_raw_fd());
-    debug_assert!(read > WORKER_WRITE_FD && write > WORKER_WRITE_FD);
-    let hook = move || -> io::Result<()> {
-        place(read, WORKER_READ_FD)?;
-        place(write, WORKER_WRITE_FD)
-    };
-    // SAFETY: the hook runs in the child between fork and exec; it only makes dup2
-    // system calls on descriptors the parent keeps open across the spawn, takes no
-    // lock and allocates nothing.
-    unsafe {
-        command.pre_exec(hook);
-    }
-}
-
-/// `dup2(from, to)`; the copy does not have close-on-exec, so it survives `exec`.
-///
-/// Whatever `to` was before (an inherited descriptor, say) is closed by `dup2`
-/// atomically. Runs in the forked child, so it must stay async-signal-safe.
-///
-/// # Errors
-///
-/// The `dup2` error (`EBADF` if `from` is not open, `EINTR`, ...).
-fn place(from: RawFd, to: RawFd) -> io::Result<()> {
-    // SAFETY: `from` is open in this (forked) process for the whole call: the parent
-    // holds it open until `spawn` returns.
-    let from = unsafe { BorrowedFd::borrow_raw(from) };
-    // SAFETY: `to` is only a dup2 target and is never closed through this handle
-    // (ManuallyDrop), so no descriptor is owned twice.
-    let mut to = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(to) });
-    dup2(from, &mut to)?;
-    Ok(())
-}
-
-/// In a worker: takes ownership of the pipe ends placed by [`place_on_exec`],
-/// after checking they are pipes, and marks them close-on-exec so that programs a
-/// task starts do not inherit them.
-///
-/// Returns `(read, write)`: descriptors [`WORKER_READ_FD`] and [`WORKER_WRITE_FD`].
-/// Call it once per process: a second call would own the same descriptors twice.
-///
-/// # Errors
-///
-/// Those of [`adopt`], for 3 first, then for 4.
-pub(crate) fn adopt_worker_fds() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok((adopt(WORKER_READ_FD)?, adopt(WORKER_WRITE_FD)?))
-}
-
-/// Takes ownership of descriptor `fd` if it is a pipe (a FIFO, to `fstat`), and
-/// makes it close-on-exec.
-///
-/// The check keeps a process that was not started by the transport, but has `fd`
-/// open as something else, from adopting it: the [`OwnedFd`] would close a
-/// descriptor that belongs to other code.
-///
-/// # Errors
-///
-/// - `EBADF` (from `fstat`) if `fd` is not open;
-/// - [`io::ErrorKind::InvalidInput`] if it is open but not a pipe;
-/// - the `fcntl` error if close-on-exec cannot be set (the descriptor, adopted by
-///   then, is closed).
-fn adopt(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: a borrow for the duration of `fstat` only; if `fd` is not open, fstat
-    // fails with EBADF and nothing else happens.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let stat = fstat(borrowed)?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::Fifo {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "descriptor {fd} is not a pipe: this process was not started by a procpool pipe transport"
-            ),
-        ));
-    }
-    // SAFETY: `fd` is an open pipe that the parent placed for this process alone;
-    // nothing else in the program owns it, and it is adopted once (at init).
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
-    Ok(owned)
-}
 
 /// Runs `write` with `SIGPIPE` blocked in the calling thread, so that writing to a
 /// pipe whose reader is gone (a dead worker) fails with `EPIPE` instead of killing

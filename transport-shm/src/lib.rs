@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use procpool_core::transport::{check_incoming, check_outgoing};
+use procpool_core::transport::{Placed, adopt, check_incoming, check_outgoing};
 use procpool_core::{Error, FrameReceiver, FrameSender, Link, LinkConfig, Received, Transport};
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
 
@@ -119,10 +119,13 @@ impl Transport for ShmTransport {
             Ok(rustix::io::fcntl_dupfd_cloexec(fd, 10).map_err(std::io::Error::from)?)
         };
         let copies = [above(&memfd)?, above(&worker_bell)?, above(&pool_bell)?];
-        sys::place_on_exec(
+        procpool_core::transport::place_on_exec(
             &mut command,
-            [&copies[0], &copies[1], &copies[2]],
-            WORKER_FDS,
+            &[
+                (&copies[0], WORKER_FDS[0]),
+                (&copies[1], WORKER_FDS[1]),
+                (&copies[2], WORKER_FDS[2]),
+            ],
         );
         command.env(FDS_ENV, "3,4,6");
         let child = command.spawn()?;
@@ -153,9 +156,9 @@ impl Transport for ShmTransport {
                 "{FDS_ENV} is not `3,4,6`: not started by a shm transport"
             )));
         }
-        let memfd = sys::adopt(WORKER_FDS[0], true)?;
-        let bell = sys::adopt(WORKER_FDS[1], false)?;
-        let peer_bell = sys::adopt(WORKER_FDS[2], false)?;
+        let memfd = adopt(WORKER_FDS[0], Placed::File)?;
+        let bell = adopt(WORKER_FDS[1], Placed::Other)?;
+        let peer_bell = adopt(WORKER_FDS[2], Placed::Other)?;
         let size = rustix::fs::fstat(&memfd)
             .map_err(std::io::Error::from)?
             .st_size;

@@ -1,5 +1,6 @@
 //! The system calls of the shared-memory transport that need `unsafe`: the shared
-//! mapping of the rings, and the descriptors placed in and adopted by the worker.
+//! mapping of the rings. (The descriptors placed in and adopted by the worker go
+//! through `procpool_core::transport::{place_on_exec, adopt}`.)
 //!
 //! The mapping is the only memory both processes write. Its accessors check every
 //! offset and length against the mapping's size, so that nothing the other process
@@ -9,15 +10,10 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::mem::ManuallyDrop;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use rustix::fs::{FileType, fstat};
-use rustix::io::{FdFlags, dup2, fcntl_setfd};
 use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
 
 /// A shared, writable mapping of a whole memfd, unmapped on drop.
@@ -131,53 +127,4 @@ impl Drop for Mapping {
         // outlives `self` (every accessor borrows `self`).
         let _ = unsafe { munmap(self.base.as_ptr().cast(), self.len) };
     }
-}
-
-/// Places `fds` (the parent's copies, all above the targets) on descriptors
-/// `targets` of the child `command` starts, between `fork` and `exec`.
-pub(crate) fn place_on_exec(command: &mut Command, fds: [&OwnedFd; 3], targets: [RawFd; 3]) {
-    let from = fds.map(AsRawFd::as_raw_fd);
-    let hook = move || -> io::Result<()> {
-        for (f, t) in from.into_iter().zip(targets) {
-            place(f, t)?;
-        }
-        Ok(())
-    };
-    // SAFETY: the hook runs in the child between fork and exec; it only makes dup2
-    // system calls on descriptors the parent keeps open across the spawn.
-    unsafe {
-        command.pre_exec(hook);
-    }
-}
-
-/// `dup2(from, to)` in the forked child.
-fn place(from: RawFd, to: RawFd) -> io::Result<()> {
-    // SAFETY: `from` is open in the child: the parent holds it across the spawn.
-    let from = unsafe { BorrowedFd::borrow_raw(from) };
-    // SAFETY: `to` is only a dup2 target, never closed through this handle.
-    let mut to = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(to) });
-    dup2(from, &mut to)?;
-    Ok(())
-}
-
-/// In a worker: takes descriptor `fd` if it is open and of `kind` (the memfd is a
-/// regular file, an eventfd is not), and makes it close-on-exec.
-///
-/// # Errors
-///
-/// `EBADF` if it is not open, `InvalidInput` if it is of another kind.
-pub(crate) fn adopt(fd: RawFd, regular: bool) -> io::Result<OwnedFd> {
-    // SAFETY: a borrow for `fstat` only; a closed number fails with EBADF.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let is_regular = FileType::from_raw_mode(fstat(borrowed)?.st_mode) == FileType::RegularFile;
-    if is_regular != regular {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("descriptor {fd} is not what a procpool shm transport placed there"),
-        ));
-    }
-    // SAFETY: placed for this process by the transport's spawn; adopted once.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    fcntl_setfd(owned.as_fd(), FdFlags::CLOEXEC)?;
-    Ok(owned)
 }

@@ -334,6 +334,56 @@ impl Drop for ProgressPage {
     }
 }
 
+/// Makes the child that `command` starts find each `from` descriptor of the parent
+/// on its `to` number (`dup2` between `fork` and `exec`, not close-on-exec), for a
+/// transport's descriptors. The parent keeps its copies open until the spawn
+/// returns; every `from` must be above every `to` (so placing one cannot clobber
+/// another); only the numbers move into the hook, which allocates nothing.
+pub(crate) fn place_on_exec(command: &mut Command, pairs: &[(&OwnedFd, RawFd)]) {
+    let pairs: Vec<(RawFd, RawFd)> = pairs.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
+    let hook = move || -> io::Result<()> {
+        for &(from, to) in &pairs {
+            place(from, to)?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the child between fork and exec; it only makes
+    // dup2/fcntl system calls on descriptors the parent keeps open across the
+    // spawn, reads a vector made before the fork, takes no lock, allocates nothing.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+/// In a worker: takes ownership of descriptor `fd`, placed by the transport's
+/// spawn, if `fstat` says it is of the expected kind (`fifo`: a pipe; `regular`: a
+/// file such as a memfd; neither: anything else, an eventfd say), and makes it
+/// close-on-exec. Call it once per descriptor and process.
+///
+/// # Errors
+///
+/// `EBADF` if `fd` is not open; `InvalidInput` if it is of another kind; the
+/// `fcntl` error (the adopted descriptor is then closed).
+pub(crate) fn adopt(fd: RawFd, kind: rustix::fs::FileType) -> io::Result<OwnedFd> {
+    // SAFETY: a borrow for the duration of `fstat` only; if `fd` is not open, fstat
+    // fails with EBADF and nothing else happens.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let found = rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(borrowed)?.st_mode);
+    if found != kind {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "descriptor {fd} is a {found:?}, not the {kind:?} a procpool transport placed there"
+            ),
+        ));
+    }
+    // SAFETY: `fd` was placed for this process alone by the transport's spawn;
+    // nothing else in the program owns it, and it is adopted once (at init).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(owned)
+}
+
 /// A close-on-exec duplicate of this process's descriptor `fd`, if it is open
 /// (a handle that names a descriptor of this very process, see `handoff`).
 ///
