@@ -57,6 +57,13 @@ pub(crate) fn cluster() -> Option<&'static Arc<Cluster>> {
 /// (its fabric is still finished at exit).
 pub(super) fn start(fabric: Arc<dyn Fabric>) {
     let wanted = fabric.size().saturating_sub(1);
+    if wanted == 0 {
+        // A job of one rank: a local program, whose MPI is finished at exit.
+        if ALONE.set(fabric).is_ok() {
+            crate::sys::at_exit(finish_alone);
+        }
+        return;
+    }
     let mut agents = Vec::with_capacity(wanted);
     let until = Instant::now() + GREETING;
     while agents.len() < wanted {
@@ -94,6 +101,16 @@ pub(super) fn start(fabric: Arc<dyn Fabric>) {
         fabric.abort(70);
     }
     crate::sys::at_exit(leave);
+}
+
+/// The fabric of a job of one rank (no agents), finished at exit.
+static ALONE: OnceLock<Arc<dyn Fabric>> = OnceLock::new();
+
+/// At exit, in a job of one rank: finishes its part.
+extern "C" fn finish_alone() {
+    if let Some(fabric) = ALONE.get() {
+        fabric.finish();
+    }
 }
 
 /// At exit: every agent is told to stop (its workers are killed), rank 0 waits
