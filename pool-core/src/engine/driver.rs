@@ -827,22 +827,14 @@ mod tests {
         Vec<std::thread::JoinHandle<()>>,
     ) {
         let launch = Arc::new(ThreadLaunch::default());
+        let link = LinkConfig {
+            max_frame: 1 << 20,
+            startup_timeout: Duration::from_secs(20),
+        };
         let mut config = Config {
             processes,
-            transport: &NoTransport,
             launch: Arc::clone(&launch) as Arc<dyn crate::engine::Launch>,
-            link: LinkConfig {
-                max_frame: 1 << 20,
-                startup_timeout: Duration::from_secs(20),
-            },
-            max_tasks_per_child: None,
-            max_memory_per_child: None,
-            initializer: None,
-            task_timeout: None,
-            retry_lost_tasks: 0,
-            batch_drivers: false,
-            memory_limit: None,
-            secret: 0x5ec2e7,
+            ..Config::local(&NoTransport, link, 0x5ec2e7)
         };
         configure(&mut config);
         let engine = Arc::new(Engine::new(config));
