@@ -206,41 +206,23 @@ impl<R: DeserializeOwned + Send + 'static> Process<R> {
 
     /// Waits until the monitor publishes, or the deadline; takes the outcome.
     fn wait_until(&mut self, deadline: Option<(Instant, Duration)>) -> Result<R, Error> {
-        let mut state = lock(&self.slot.state);
-        loop {
-            if let Some(ended) = state.as_mut() {
-                return ended.outcome.take().unwrap_or_else(|| {
-                    Err(Error::InvalidArgument(
-                        "the process's result was already taken by an earlier join".into(),
-                    ))
-                });
-            }
-            match deadline {
-                None => {
-                    state = self
-                        .slot
-                        .ended
-                        .wait(state)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                }
-                Some((at, timeout)) => {
-                    let left = at.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(Error::Timeout {
-                            task: Some(self.task.to_owned()),
-                            index: None,
-                            pid: None,
-                            after: timeout,
-                        });
-                    }
-                    state = self
-                        .slot
-                        .ended
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .0;
-                }
-            }
+        let state = lock(&self.slot.state);
+        let at = deadline.map(|(at, _)| at);
+        let (mut state, ended) =
+            crate::sync::wait_until(&self.slot.ended, state, at, |s| s.is_some());
+        match (state.as_mut(), deadline) {
+            (Some(ended), _) => ended.outcome.take().unwrap_or_else(|| {
+                Err(Error::InvalidArgument(
+                    "the process's result was already taken by an earlier join".into(),
+                ))
+            }),
+            (None, Some((_, timeout))) if !ended => Err(Error::Timeout {
+                task: Some(self.task.to_owned()),
+                index: None,
+                pid: None,
+                after: timeout,
+            }),
+            (None, _) => Err(Error::protocol("a process's wait ended without its end")),
         }
     }
 }

@@ -556,29 +556,11 @@ trait Outcome<R>: Send + Sync {
 
 impl<T: DeserializeOwned + Send, R: Send> Outcome<R> for Collector<T, R> {
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        let mut state = lock(&self.state);
-        while state.outcome.is_none() && !state.taken {
-            match deadline {
-                None => {
-                    state = self
-                        .ready
-                        .wait(state)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                }
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    state = self
-                        .ready
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .0;
-                }
-            }
-        }
-        true
+        let state = lock(&self.state);
+        crate::sync::wait_until(&self.ready, state, deadline, |s| {
+            s.outcome.is_some() || s.taken
+        })
+        .1
     }
 
     fn take(&self) -> Option<Result<R, Error>> {

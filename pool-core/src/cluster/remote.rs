@@ -244,29 +244,7 @@ impl Remote {
         deadline: Option<Instant>,
         ready: impl Fn(&State) -> bool,
     ) -> std::sync::MutexGuard<'_, State> {
-        let mut state = lock(&self.state);
-        while !ready(&state) {
-            match deadline {
-                None => {
-                    state = self
-                        .changed
-                        .wait(state)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                }
-                Some(at) => {
-                    let left = at.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    state = self
-                        .changed
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .0;
-                }
-            }
-        }
-        state
+        crate::sync::wait_until(&self.changed, lock(&self.state), deadline, |s| ready(s)).0
     }
 }
 
